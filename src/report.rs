@@ -4,6 +4,33 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::manager::PassRun;
+
+/// One line for the terminal: `fold-batchnorm: folded=2 nodes_removed=2 (0.01s)`.
+pub fn pass_line(run: &PassRun) -> String {
+    let counters: Vec<String> = run
+        .report
+        .counters
+        .iter()
+        .filter(|(_, &v)| v != 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let mut line = format!(
+        "{}: {} ({:.2}s)",
+        run.name,
+        if counters.is_empty() {
+            "no change".to_string()
+        } else {
+            counters.join(" ")
+        },
+        run.seconds
+    );
+    for w in &run.report.warnings {
+        line.push_str(&format!("\n  warning: {w}"));
+    }
+    line
+}
+
 /// What one `whittle run` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
@@ -12,7 +39,7 @@ pub struct RunReport {
     /// The model written.
     pub output: String,
     /// One entry per pass run, in order.
-    pub passes: Vec<serde_json::Value>,
+    pub passes: Vec<PassRun>,
     /// Size of the written model file.
     pub output_bytes: u64,
     /// Bytes written to side files.
@@ -21,6 +48,9 @@ pub struct RunReport {
     pub external_files: Vec<String>,
     /// Wall time of the whole run.
     pub seconds: f64,
+    /// The validation of the output against the input, when the pipeline
+    /// has a `validate:` section (its table, gates and timing).
+    pub validation: Option<crate::exec::validate::ValidationReport>,
 }
 
 /// Writes a report as pretty JSON, atomically.

@@ -381,6 +381,24 @@ impl Graph {
             || self.sparse_initializers.iter().any(|s| s.name() == value)
     }
 
+    /// A value name not yet used in this graph: `base`, or `base_1`, `base_2`...
+    /// (Outer scopes are not consulted; prefer distinctive bases in subgraphs.)
+    pub fn unique_name(&self, base: &str) -> String {
+        let taken = |n: &str| {
+            self.defines(n)
+                || self.is_output(n)
+                || self.value_info.iter().any(|v| v.name() == n)
+                || self.free_uses.contains_key(n)
+        };
+        if !taken(base) {
+            return base.to_string();
+        }
+        (1..)
+            .map(|i| format!("{base}_{i}"))
+            .find(|n| !taken(n))
+            .unwrap_or_default()
+    }
+
     /// The declared type of `value`: from an input, output, value_info entry
     /// or initializer of this graph.
     pub fn value_type(&self, value: &str) -> Option<TypeInfo> {

@@ -13,7 +13,7 @@ use super::graph::Graph;
 use super::model::Model;
 use super::tensor::{Tensor, TensorData};
 use super::types::TypeKind;
-use super::DataType;
+use super::{DataType, IrError};
 
 /// Every problem the verifier found, in a stable order.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,7 +33,8 @@ impl std::error::Error for VerifyError {}
 /// Checks the model; `Ok` when no problem was found.
 pub fn verify(model: &Model) -> Result<(), VerifyError> {
     let mut problems = Vec::new();
-    check_graph(&model.graph, "graph", &BTreeSet::new(), &mut problems);
+    let main = format!("graph {:?}", model.graph.name.as_deref().unwrap_or(""));
+    check_graph(&model.graph, &main, &BTreeSet::new(), &mut problems);
     for (i, t) in model.training_info.iter().enumerate() {
         // Training graphs read the main graph's initializers.
         let scope: BTreeSet<String> = model
@@ -79,8 +80,8 @@ pub fn verify(model: &Model) -> Result<(), VerifyError> {
 }
 
 fn check_graph(g: &Graph, path: &str, outer: &BTreeSet<String>, problems: &mut Vec<String>) {
-    if let Err(e) = g.topological_order() {
-        problems.push(format!("{path}: {e}"));
+    if let Err(IrError::Cycle { nodes, .. }) = g.topological_order() {
+        problems.push(format!("{path} has a cycle through {nodes}"));
     }
 
     // Names defined more than once.

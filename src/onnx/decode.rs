@@ -29,6 +29,17 @@ pub fn decode(bytes: Bytes, files: Option<Arc<ExternalFiles>>) -> Result<Model, 
     cx.model(proto)
 }
 
+/// Decodes a standalone `TensorProto` (the `.pb` files of ONNX's backend
+/// test data, for example). External data is refused.
+pub fn decode_tensor(bytes: Bytes) -> Result<Tensor, OnnxError> {
+    let proto = proto::TensorProto::decode(bytes).map_err(|e| {
+        OnnxError::Invalid(format!(
+            "not an ONNX TensorProto: the protobuf does not parse ({e})"
+        ))
+    })?;
+    Cx { files: None }.tensor(proto)
+}
+
 struct Cx {
     files: Option<Arc<ExternalFiles>>,
 }

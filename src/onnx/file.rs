@@ -21,12 +21,12 @@ use crate::ir::{map_file, AttrValue, ExternalFiles, Graph, Model, Tensor, Tensor
 pub fn load(path: &Path) -> Result<Model, OnnxError> {
     let in_file = |source: OnnxError| OnnxError::File {
         path: path.to_path_buf(),
-        source: Box::new(source),
+        error: Box::new(source),
     };
-    let bytes = map_file(path).map_err(|source| OnnxError::Io {
+    let bytes = map_file(path).map_err(|error| OnnxError::Io {
         what: "cannot read",
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -120,7 +120,6 @@ pub fn save(model: &Model, path: &Path, options: &SaveOptions) -> Result<SaveRep
                 .map_err(|source| tmp.io_error(source))?;
             report.external_bytes += bytes.len() as u64;
         }
-        f.sync_all().map_err(|source| tmp.io_error(source))?;
         report.external_files.push(loc.clone());
         staged.push(tmp);
     }
@@ -246,10 +245,10 @@ impl Staged {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        fs::create_dir_all(&dir).map_err(|source| OnnxError::Io {
+        fs::create_dir_all(&dir).map_err(|error| OnnxError::Io {
             what: "cannot create folder",
             path: dir.clone(),
-            source,
+            error,
         })?;
         let name = target
             .file_name()
@@ -267,11 +266,11 @@ impl Staged {
         File::create(&self.tmp).map_err(|source| self.io_error(source))
     }
 
-    fn io_error(&self, source: std::io::Error) -> OnnxError {
+    fn io_error(&self, error: std::io::Error) -> OnnxError {
         OnnxError::Io {
             what: "cannot write",
             path: self.target.clone(),
-            source,
+            error,
         }
     }
 

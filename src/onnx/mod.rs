@@ -12,7 +12,7 @@ mod file;
 
 use std::path::PathBuf;
 
-pub use decode::decode;
+pub use decode::{decode, decode_tensor};
 pub use encode::{encode, encode_bytes};
 pub use file::{load, save, SaveOptions, SaveReport};
 
@@ -34,22 +34,22 @@ pub enum OnnxError {
     #[error(transparent)]
     External(#[from] IrError),
     /// A file could not be read or written.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}: {error}")]
     Io {
         /// What was being done ("cannot read", "cannot write").
         what: &'static str,
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// An error about a specific file.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     File {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
-        source: Box<OnnxError>,
+        error: Box<OnnxError>,
     },
 }
 
