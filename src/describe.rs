@@ -216,6 +216,10 @@ pub fn pipeline_schema() -> Value {
                 "description": "Passes in order: a name, or a one-key map name -> options.",
                 "items": { "oneOf": entries },
             },
+            "validate": {
+                "description": "Validate the output against the input with tract before writing it.",
+                "allOf": [inline_refs(&crate::exec::validate::ValidateConfig::schema())],
+            },
         },
     })
 }
@@ -257,5 +261,6 @@ mod tests {
             .unwrap();
         assert_eq!(entries.len(), PASSES.len() + 1);
         assert!(!s.to_string().contains("$ref"));
+        assert!(s["properties"]["validate"]["allOf"][0]["properties"]["gates"].is_object());
     }
 }
