@@ -234,15 +234,6 @@ mod tests {
     use super::*;
     use crate::ir::{DataType, Node, Tensor, TypeInfo, ValueInfo};
 
-    fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> Node {
-        Node::new(
-            op,
-            name,
-            inputs.iter().map(|s| s.to_string()).collect(),
-            outputs.iter().map(|s| s.to_string()).collect(),
-        )
-    }
-
     fn model() -> Model {
         let mut g = Graph::new("g");
         let f = TypeInfo::tensor(DataType::Float, vec![]);
@@ -250,10 +241,10 @@ mod tests {
         g.outputs.push(ValueInfo::new("out", f.clone()));
         g.add_initializer(Tensor::from_f32("w", vec![1], &[2.0]));
         g.add_initializer(Tensor::from_f32("unused", vec![2], &[1.0, 2.0]));
-        g.add_node(node("Relu", "relu", &["x"], &["y"]));
-        g.add_node(node("Identity", "id", &["y"], &["z"]));
-        g.add_node(node("Mul", "mul", &["z", "w"], &["out"]));
-        g.add_node(node("Sigmoid", "dead", &["x"], &["d"]));
+        g.add_node(Node::with_io("Relu", "relu", &["x"], &["y"]));
+        g.add_node(Node::with_io("Identity", "id", &["y"], &["z"]));
+        g.add_node(Node::with_io("Mul", "mul", &["z", "w"], &["out"]));
+        g.add_node(Node::with_io("Sigmoid", "dead", &["x"], &["d"]));
         g.value_info.push(ValueInfo::new("z", f.clone()));
         g.value_info.push(ValueInfo::new("d", f));
         Model::new(g, 17)

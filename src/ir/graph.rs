@@ -583,15 +583,6 @@ impl Graph {
 mod tests {
     use super::*;
 
-    fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> Node {
-        Node::new(
-            op,
-            name,
-            inputs.iter().map(|s| s.to_string()).collect(),
-            outputs.iter().map(|s| s.to_string()).collect(),
-        )
-    }
-
     fn names(g: &Graph, ids: &[NodeId]) -> Vec<String> {
         ids.iter()
             .map(|&id| g.node(id).name().to_string())
@@ -601,9 +592,9 @@ mod tests {
     #[test]
     fn uses_follow_edits() {
         let mut g = Graph::new("g");
-        let a = g.add_node(node("Relu", "a", &["x"], &["y"]));
-        let b = g.add_node(node("Relu", "b", &["y"], &["z"]));
-        let c = g.add_node(node("Add", "c", &["y", "z"], &["w"]));
+        let a = g.add_node(Node::with_io("Relu", "a", &["x"], &["y"]));
+        let b = g.add_node(Node::with_io("Relu", "b", &["y"], &["z"]));
+        let c = g.add_node(Node::with_io("Add", "c", &["y", "z"], &["w"]));
         assert_eq!(
             g.uses("y"),
             vec![Use { node: b, slot: 0 }, Use { node: c, slot: 0 }]
@@ -625,7 +616,7 @@ mod tests {
         assert_eq!(g.uses("z"), vec![Use { node: c, slot: 1 }]);
 
         // A new producer picks them up again.
-        let d = g.insert_node_before(c, node("Neg", "d", &["y"], &["z"]));
+        let d = g.insert_node_before(c, Node::with_io("Neg", "d", &["y"], &["z"]));
         assert_eq!(g.producer("z"), Some((d, 0)));
         assert_eq!(names(&g, &g.topological_order().unwrap()), ["a", "d", "c"]);
         assert_eq!(g.replace_uses("y", "x"), 1);
@@ -635,9 +626,9 @@ mod tests {
     #[test]
     fn list_order_is_kept_when_valid_and_repaired_when_not() {
         let mut g = Graph::new("g");
-        g.add_node(node("Relu", "late", &["y"], &["z"]));
-        g.add_node(node("Relu", "early", &["x"], &["y"]));
-        g.add_node(node("Relu", "free", &["x"], &["q"]));
+        g.add_node(Node::with_io("Relu", "late", &["y"], &["z"]));
+        g.add_node(Node::with_io("Relu", "early", &["x"], &["y"]));
+        g.add_node(Node::with_io("Relu", "free", &["x"], &["q"]));
         assert_eq!(
             names(&g, &g.topological_order().unwrap()),
             ["early", "late", "free"]
@@ -650,8 +641,8 @@ mod tests {
     #[test]
     fn cycles_are_reported_with_node_names() {
         let mut g = Graph::new("g");
-        g.add_node(node("Relu", "a", &["b_out"], &["a_out"]));
-        g.add_node(node("Relu", "b", &["a_out"], &["b_out"]));
+        g.add_node(Node::with_io("Relu", "a", &["b_out"], &["a_out"]));
+        g.add_node(Node::with_io("Relu", "b", &["a_out"], &["b_out"]));
         let err = g.topological_order().unwrap_err().to_string();
         assert!(err.contains("cycle") && err.contains("\"a\""), "{err}");
     }

@@ -54,6 +54,12 @@ impl Node {
         }
     }
 
+    /// A node in the default domain from string slices (handy in passes and tests).
+    pub fn with_io(op_type: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> Node {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        Node::new(op_type, name, owned(inputs), owned(outputs))
+    }
+
     /// The operator, or "" when absent.
     pub fn op_type(&self) -> &str {
         self.op_type.as_deref().unwrap_or("")
