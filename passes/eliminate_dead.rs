@@ -68,7 +68,7 @@ const COUNTERS: &[&str] = &[
 ];
 
 impl Pass for EliminateDead {
-    fn run(&self, model: &mut Model) -> Result<PassReport, PassError> {
+    fn run(&self, model: &mut Model, _ctx: &super::PassContext) -> Result<PassReport, PassError> {
         let mut protected: BTreeSet<String> = BTreeSet::new();
         for t in &model.training_info {
             for kv in t.initialization_binding.iter().chain(&t.update_binding) {
@@ -253,7 +253,9 @@ mod tests {
     #[test]
     fn removes_identity_dead_nodes_initializers_and_value_info() {
         let mut m = model();
-        let report = EliminateDead::default().run(&mut m).unwrap();
+        let report = EliminateDead::default()
+            .run(&mut m, &Default::default())
+            .unwrap();
         assert_eq!(report.counters["identity_removed"], 1);
         assert_eq!(report.counters["nodes_removed"], 1);
         assert_eq!(report.counters["initializers_removed"], 1);
@@ -274,7 +276,7 @@ mod tests {
             initializers: false,
             value_info: false,
         };
-        let report = cfg.run(&mut m).unwrap();
+        let report = cfg.run(&mut m, &Default::default()).unwrap();
         assert_eq!(report.counters["identity_removed"], 0);
         assert_eq!(report.counters["nodes_removed"], 1);
         assert_eq!(m.graph.initializers().len(), 2);
@@ -288,7 +290,9 @@ mod tests {
             "z",
             TypeInfo::tensor(DataType::Float, vec![]),
         ));
-        let report = EliminateDead::default().run(&mut m).unwrap();
+        let report = EliminateDead::default()
+            .run(&mut m, &Default::default())
+            .unwrap();
         assert_eq!(report.counters["identity_removed"], 0);
     }
 }

@@ -72,7 +72,7 @@ impl Config for FoldBatchnorm {
 }
 
 impl Pass for FoldBatchnorm {
-    fn run(&self, model: &mut Model) -> Result<PassReport, PassError> {
+    fn run(&self, model: &mut Model, _ctx: &super::PassContext) -> Result<PassReport, PassError> {
         let mut report =
             PassReport::with_counters(&["folded", "nodes_removed", "initializers_changed"]);
         fold_graph(&mut model.graph, self, &mut report)?;
@@ -469,7 +469,9 @@ mod tests {
         for trans_b in [false, true] {
             for with_c in [false, true] {
                 let mut m = gemm_bn(trans_b, with_c);
-                let r = FoldBatchnorm::default().run(&mut m).unwrap();
+                let r = FoldBatchnorm::default()
+                    .run(&mut m, &Default::default())
+                    .unwrap();
                 assert_eq!(r.counters["folded"], 1, "{trans_b} {with_c}");
                 assert!(!m
                     .graph
@@ -490,7 +492,9 @@ mod tests {
             "t",
             TypeInfo::tensor(DataType::Float, vec![]),
         ));
-        let r = FoldBatchnorm::default().run(&mut m).unwrap();
+        let r = FoldBatchnorm::default()
+            .run(&mut m, &Default::default())
+            .unwrap();
         assert_eq!(r.counters["folded"], 0);
         assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
     }

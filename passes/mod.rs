@@ -7,6 +7,7 @@
 //! field); the doc comments become `whittle passes` and `whittle schema`.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -16,11 +17,29 @@ use crate::ir::Model;
 
 pub mod eliminate_dead;
 mod fold_batchnorm;
+mod quantize;
 
 /// A rewrite pass with its options already checked.
 pub trait Pass {
-    /// Rewrites the model.
-    fn run(&self, model: &mut Model) -> Result<PassReport, PassError>;
+    /// Rewrites the model. `ctx` carries what the command line gave besides
+    /// the model (calibration data, threads); most passes ignore it.
+    fn run(&self, model: &mut Model, ctx: &PassContext) -> Result<PassReport, PassError>;
+}
+
+/// What a pass may use besides the model and its options.
+#[derive(Debug, Clone, Default)]
+pub struct PassContext {
+    /// Calibration data (`whittle run --data`): an `.npz` file (one array per
+    /// input, first axis = samples) or a folder of `.npz` files.
+    pub data: Option<PathBuf>,
+    /// Values for symbolic input dims (`--dim batch=1`).
+    pub dims: BTreeMap<String, usize>,
+    /// The folder the model's external data is relative to.
+    pub model_dir: Option<PathBuf>,
+    /// Threads for work that runs the model (`None`: the machine's cores).
+    pub threads: Option<usize>,
+    /// Draw progress bars on stderr (it is a terminal).
+    pub progress: bool,
 }
 
 /// What a pass did: named counters and per-node details, in a stable order.
@@ -104,7 +123,7 @@ pub struct PassInfo {
 }
 
 /// Every pass, in the order `whittle passes` lists them.
-pub static PASSES: &[PassInfo] = &[eliminate_dead::INFO, fold_batchnorm::INFO];
+pub static PASSES: &[PassInfo] = &[eliminate_dead::INFO, fold_batchnorm::INFO, quantize::INFO];
 
 /// The pass registered under `name`.
 pub fn find(name: &str) -> Option<&'static PassInfo> {

@@ -1,5 +1,6 @@
 //! The `whittle` command line.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -43,6 +44,17 @@ enum Command {
         /// every pass into this folder (00-input.txt, 01-<pass>.txt, ...).
         #[arg(long, value_name = "DIR")]
         dump_dir: Option<PathBuf>,
+        /// Calibration data for passes that run the model (quantize): an .npz
+        /// file (one array per input, first axis = samples) or a folder of
+        /// .npz files (one sample each). Without it, seeded synthetic inputs.
+        #[arg(long, value_name = "NPZ|DIR")]
+        data: Option<PathBuf>,
+        /// Pin a symbolic input dim (repeatable): --dim batch=1.
+        #[arg(long = "dim", value_name = "NAME=VALUE", value_parser = parse_dim)]
+        dims: Vec<(String, usize)>,
+        /// Threads for passes that run the model (default: all cores).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        threads: Option<u32>,
     },
     /// List every pass with its options, types, defaults and meaning; with a
     /// NAME, print that pass's full documentation.
@@ -254,6 +266,9 @@ fn run(cli: Cli) -> Result<()> {
             external_data,
             report: report_path,
             dump_dir,
+            data,
+            dims,
+            threads,
         } => {
             let started = Instant::now();
             let pipeline_dir = whittle::exec::folder_of(&pipeline);
@@ -265,7 +280,14 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             let mut model = load(&input)?;
-            let runs = manager::run(&mut model, &pipeline, dump_dir.as_deref())?;
+            let ctx = passes::PassContext {
+                data,
+                dims: dims.into_iter().collect(),
+                model_dir: Some(whittle::exec::folder_of(&input)),
+                threads: threads.map(|t| t as usize),
+                progress: std::io::stderr().is_terminal(),
+            };
+            let runs = manager::run(&mut model, &pipeline, &ctx, dump_dir.as_deref())?;
             for r in &runs {
                 eprintln!("{}", report::pass_line(r));
             }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::ir::{self, Model};
-use crate::passes::{eliminate_dead::remove_dead_nodes, PassReport};
+use crate::passes::{eliminate_dead::remove_dead_nodes, PassContext, PassReport};
 use crate::pipeline::Pipeline;
 
 /// What one pass did.
@@ -49,11 +49,13 @@ pub enum ManagerError {
     },
 }
 
-/// Runs every pass of `pipeline` on `model`. With `dump_dir`, writes the text
-/// dump of the input (`00-input.txt`) and after every pass (`01-<name>.txt`, ...).
+/// Runs every pass of `pipeline` on `model`; `ctx` is handed to every pass.
+/// With `dump_dir`, writes the text dump of the input (`00-input.txt`) and
+/// after every pass (`01-<name>.txt`, ...).
 pub fn run(
     model: &mut Model,
     pipeline: &Pipeline,
+    ctx: &PassContext,
     dump_dir: Option<&Path>,
 ) -> Result<Vec<PassRun>, ManagerError> {
     let write_dump = |file: String, model: &Model| -> Result<(), ManagerError> {
@@ -77,7 +79,7 @@ pub fn run(
             .build(index)
             .map_err(|(field, m)| fail(format!("{field}: {m}")))?;
         let started = Instant::now();
-        let report = pass.run(model).map_err(|e| fail(e.to_string()))?;
+        let report = pass.run(model, ctx).map_err(|e| fail(e.to_string()))?;
         let dead_nodes_cleaned = remove_dead_nodes(&mut model.graph);
         ir::verify(model).map_err(|e| {
             fail(format!(

@@ -105,6 +105,7 @@ fn malformed_pipelines_give_precise_errors() {
 const CONFIGS: &[(&str, &str)] = &[
     ("roundtrip.yaml", "conv_bn_relu.onnx"),
     ("fold-batchnorm.yaml", "resnet_tiny.onnx"),
+    ("int8.yaml", "resnet_tiny.onnx"),
 ];
 
 #[test]
@@ -127,6 +128,7 @@ fn every_shipped_config_runs_and_is_deterministic() {
         for run in 0..2 {
             let out = tmp.path().join(format!("{config}.{run}.onnx"));
             let report = tmp.path().join(format!("{config}.{run}.json"));
+            let data = format!("fixtures/{}", fixture.replace(".onnx", ".data.npz"));
             let res = common::whittle(&[
                 "run",
                 &format!("configs/{config}"),
@@ -136,6 +138,8 @@ fn every_shipped_config_runs_and_is_deterministic() {
                 out.to_str().unwrap(),
                 "--report",
                 report.to_str().unwrap(),
+                "--data",
+                &data,
             ]);
             assert!(res.status.success(), "{config}: {}", common::text(&res).1);
             let json: serde_json::Value =

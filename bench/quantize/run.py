@@ -1,0 +1,483 @@
+"""Benchmarks whittle's `quantize` pass against onnxruntime's `quantize_static`.
+
+From the repository root, after `cargo build --release`:
+
+    .venv-export/bin/python bench/quantize/run.py --whittle target/release/whittle
+
+For every model (two seeded PyTorch exports and four committed fixtures, see models.py) it
+quantizes the float model to int8 QDQ with
+
+- onnxruntime: quantize_static(QDQ, per-channel int8 weights, uint8 activations, MinMax
+  calibration over calib.npz), timed around the call, without quant_pre_process;
+- whittle: `whittle run int8[-METHOD].yaml --input M --output M' --data calib.npz`, one
+  subprocess per calibration method (minmax, percentile, entropy, mse), timed around the
+  subprocess;
+
+then runs the float model and every int8 model in onnxruntime (CPU provider, default graph
+optimizations, one thread) over heldout.npz and reports, per (model, quantizer): quantization
+time, file size, SQNR of the first output against the float model, top-1 agreement (when the
+output is class scores), single-sample latency, and how many of the float model's
+Conv/MatMul/Gemm became integer kernels in onnxruntime's optimized graph. The table goes to
+stdout and to --out (default bench/quantize/results.md). A quantizer that fails on a model
+gets its error in the row; the script exits 1 at the end if anything failed.
+"""
+
+import argparse
+import datetime
+import logging
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+import models as bench_models  # noqa: E402
+
+# whittle calibration method -> pipeline file (they differ only in calibration.method).
+WHITTLE_PIPELINES = {
+    "minmax": HERE / "int8.yaml",
+    "percentile": HERE / "int8-percentile.yaml",
+    "entropy": HERE / "int8-entropy.yaml",
+    "mse": HERE / "int8-mse.yaml",
+}
+ORT_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "percentile": CalibrationMethod.Percentile,
+    "entropy": CalibrationMethod.Entropy,
+}
+# Float ops whose integer counterparts the "int kernels" column counts.
+FLOAT_KERNELS = {"Conv", "MatMul", "Gemm"}
+INTEGER_KERNELS = {"QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger", "QGemm", "MatMulInteger"}
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantizers
+
+
+class NpzReader(CalibrationDataReader):
+    """Feeds onnxruntime's calibrator one sample at a time from a sample-first .npz."""
+
+    def __init__(self, path):
+        with np.load(path) as archive:
+            self.arrays = {name: archive[name] for name in archive.files}
+        self.count = len(next(iter(self.arrays.values())))
+        self.index = 0
+
+    def get_next(self):
+        if self.index >= self.count:
+            return None
+        sample = {name: array[self.index] for name, array in self.arrays.items()}
+        self.index += 1
+        return sample
+
+    def rewind(self):
+        self.index = 0
+
+    def __len__(self):
+        return self.count
+
+
+class CollectLogs(logging.Handler):
+    """Keeps the messages onnxruntime's quantizer logs, to print them once after the table."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def quantize_with_ort(model, calib, output, method):
+    """Runs quantize_static with the comparison's settings; returns (seconds, logged messages)."""
+    handler = CollectLogs()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        start = time.perf_counter()
+        quantize_static(
+            str(model),
+            str(output),
+            NpzReader(calib),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=ORT_METHODS[method],
+        )
+        seconds = time.perf_counter() - start
+    finally:
+        root.removeHandler(handler)
+    return seconds, handler.messages
+
+
+def quantize_with_whittle(whittle, pipeline, model, calib, output, timeout):
+    """Runs `whittle run`; returns seconds, or raises RuntimeError with whittle's last error line.
+
+    The full stdout and stderr go to OUTPUT.log beside the output model, and the run report
+    to OUTPUT.report.json.
+    """
+    command = [
+        str(whittle), "run", str(pipeline), "--input", str(model), "--output", str(output),
+        "--data", str(calib), "--report", str(output.with_suffix(".report.json")),
+    ]  # fmt: skip
+    if not Path(whittle).is_file():
+        raise RuntimeError(f"no whittle binary at {whittle}")
+    output.unlink(missing_ok=True)
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired as timed_out:
+        raise RuntimeError(f"timed out after {timeout} s") from timed_out
+    seconds = time.perf_counter() - start
+    output.with_suffix(".log").write_text(f"$ {shlex.join(command)}\n{done.stdout}{done.stderr}")
+    if done.returncode != 0 or not output.is_file():
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()] or [f"exit code {done.returncode}"]
+        raise RuntimeError(next((line for line in lines if line.startswith("error")), lines[-1]))
+    return seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+
+def session(path, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL, optimized_path=None):
+    """A one-thread CPU session (default optimization level unless told otherwise)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = level
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def load_samples(path):
+    """The .npz as a list of feeds, one per sample."""
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    count = len(next(iter(arrays.values())))
+    return [{name: array[i] for name, array in arrays.items()} for i in range(count)]
+
+
+def first_outputs(sess, samples):
+    """The first output for every sample, stacked: [samples, *output shape]."""
+    name = sess.get_outputs()[0].name
+    return np.stack([sess.run([name], feed)[0] for feed in samples]).astype(np.float64)
+
+
+def latencies_ms(sessions, feed, runs, warmup, chunk=10):
+    """Median single-sample run time of every session, in ms, measured interleaved.
+
+    Each session first runs `warmup` times untimed; then the sessions take turns, `chunk`
+    timed runs each, until each has `runs`. Interleaving spreads any load from other
+    processes over all of them alike, so the rows of one model stay comparable.
+    """
+    for sess in sessions:
+        for _ in range(warmup):
+            sess.run(None, feed)
+    times = [[] for _ in sessions]
+    while len(times[0]) < runs:
+        for sess, mine in zip(sessions, times):
+            for _ in range(min(chunk, runs - len(mine))):
+                start = time.perf_counter()
+                sess.run(None, feed)
+                mine.append(time.perf_counter() - start)
+    return [1000 * statistics.median(mine) for mine in times]
+
+
+def sqnr_db(reference, outputs):
+    """10 log10(sum ref^2 / sum (ref - x)^2) over every sample and element."""
+    noise = float(np.sum((reference - outputs) ** 2))
+    signal = float(np.sum(reference**2))
+    return float("inf") if noise == 0 else 10 * np.log10(signal / noise)
+
+
+def looks_like_scores(reference):
+    """Class scores: each sample's output is [1, classes] with at least two classes."""
+    return reference.ndim == 3 and reference.shape[1] == 1 and reference.shape[2] >= 2
+
+
+def top1_agreement(reference, outputs):
+    return float(np.mean(np.argmax(reference, axis=-1) == np.argmax(outputs, axis=-1)))
+
+
+def tensors_of(graph):
+    """Every TensorProto in a graph: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from tensors_of(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from tensors_of(subgraph)
+
+
+def file_bytes(path):
+    """Bytes on disk of a model: the .onnx file plus every external data file it names."""
+    model = onnx.load(str(path), load_external_data=False)
+    files = {Path(path)}
+    for tensor in tensors_of(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next(entry.value for entry in tensor.external_data if entry.key == "location")
+            files.add(Path(path).parent / location)
+    return sum(f.stat().st_size for f in files)
+
+
+def op_counts(path):
+    counts = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def integer_kernels(path, optimized_path):
+    """Integer kernels in onnxruntime's EXTENDED-optimized graph of `path` (saved to optimized_path)."""
+    session(path, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, optimized_path)
+    counts = op_counts(optimized_path)
+    return sum(n for op, n in counts.items() if op in INTEGER_KERNELS)
+
+
+def measure(path, samples, reference, optimized_path):
+    """Every column of one row but latency, for a model that exists; also its session and outputs."""
+    sess = session(path)
+    outputs = first_outputs(sess, samples)
+    counts = op_counts(path)
+    row = {
+        "size_kb": file_bytes(path) / 1000,
+        "qdq": sum(n for op, n in counts.items() if op in QDQ_OPS),
+        "int_kernels": integer_kernels(path, optimized_path),
+    }
+    if reference is not None:
+        row["sqnr"] = sqnr_db(reference, outputs)
+        if looks_like_scores(reference):
+            row["top1"] = top1_agreement(reference, outputs)
+    return row, outputs, sess
+
+
+# ---------------------------------------------------------------------------------------------
+# One model
+
+
+def bench_model(name, paths, args, log):
+    """All rows of one model: fp32, onnxruntime's int8 and whittle's int8 per method."""
+    out_dir = args.build / "out" / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples = load_samples(paths["heldout"])
+    model = paths["model"]
+    floats = sum(n for op, n in op_counts(model).items() if op in FLOAT_KERNELS)
+    rows = []
+
+    fp32, reference, sess = measure(model, samples, None, out_dir / "fp32.ort-opt.onnx")
+    rows.append({"model": name, "quantizer": "fp32", "floats": floats, "scores": looks_like_scores(reference), **fp32})
+    sessions = [(rows[0], sess)]
+    log(f"{name}: fp32 measured")
+
+    variants = [(f"onnxruntime {m}", f"ort-{m}", m) for m in args.ort_methods]
+    variants += [(f"whittle {m}", f"whittle-{m}", m) for m in args.methods]
+    for label, stem, method in variants:
+        row = {"model": name, "quantizer": label, "floats": floats}
+        output = out_dir / f"{stem}.onnx"
+        try:
+            if label.startswith("onnxruntime"):
+                row["time_s"], messages = quantize_with_ort(model, paths["calib"], output, method)
+                args.ort_messages.update(dict.fromkeys(messages))
+            else:
+                pipeline = WHITTLE_PIPELINES[method]
+                row["time_s"] = quantize_with_whittle(args.whittle, pipeline, model, paths["calib"], output, args.timeout)
+        except Exception as error:  # noqa: BLE001  (any failure becomes the row's note)
+            row["error"] = f"{label.split()[0]} failed: {error}"
+            rows.append(row)
+            log(f"{name}: {label}: {row['error']}")
+            continue
+        try:
+            measured, _, sess = measure(output, samples, reference, out_dir / f"{stem}.ort-opt.onnx")
+            row.update(measured)
+            sessions.append((row, sess))
+        except Exception as error:  # noqa: BLE001
+            row["error"] = f"onnxruntime could not run the int8 model: {error}"
+        rows.append(row)
+        log(f"{name}: {label}: " + (row.get("error") or f"{row['sqnr']:.2f} dB in {row['time_s']:.2f} s"))
+    measured = latencies_ms([sess for _, sess in sessions], samples[0], args.latency_runs, args.warmup)
+    for (row, _), milliseconds in zip(sessions, measured):
+        row["latency_ms"] = milliseconds
+    log(f"{name}: latency measured")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def cpu_model():
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def git_revision():
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+        return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def whittle_version(whittle):
+    try:
+        done = subprocess.run([str(whittle), "--version"], capture_output=True, text=True, timeout=30)
+        return done.stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return f"not found at {whittle}"
+
+
+def versions():
+    import torch  # noqa: PLC0415  (models.py imported it already)
+
+    return f"onnxruntime {ort.__version__}, onnx {onnx.__version__}, torch {torch.__version__}, numpy {np.__version__}, Python {platform.python_version()}"
+
+
+def reproduce_command():
+    python = os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT)) else sys.executable
+    return shlex.join([python, os.path.relpath(Path(__file__).resolve(), ROOT), *sys.argv[1:]])
+
+
+def header(args, load_before, load_after):
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join([
+        "# whittle quantize vs onnxruntime quantize_static",
+        "",
+        f"- date: {date}; whittle: {whittle_version(args.whittle)} at git {git_revision()}",
+        f"- machine: {cpu_model()}, {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), Linux {platform.release()}",
+        f"- load average (1 min) before / after: {load_before:.2f} / {load_after:.2f} (the machine may be shared)",
+        f"- versions: {versions()}",
+        f"- samples: {args.calib_samples} calibration, {args.heldout_samples} held-out (disjoint seeded draws, batch 1)",
+        f"- latency: median of {args.latency_runs} single-sample runs after {args.warmup} warm-up runs, "
+        "the variants of a model interleaved; onnxruntime CPU provider, default optimizations (ORT_ENABLE_ALL), 1 thread",
+        "- settings: QDQ, int8 per-channel weights, uint8 activations; onnxruntime without quant_pre_process",
+        f"- reproduce (from the repository root): `{reproduce_command()}`",
+        "",
+    ])  # fmt: skip
+
+
+def shorten(note, limit=300):
+    """A note fit for one table cell: one line, pipes escaped, at most `limit` characters."""
+    note = " ".join(note.split()).replace("|", "\\|")
+    return note if len(note) <= limit else note[: limit - 1] + "…"
+
+
+def cell(value, fmt):
+    return "—" if value is None else fmt.format(value)
+
+
+def table(rows):
+    lines = [
+        "| model | quantizer | time (s) | size (KB) | SQNR (dB) | top-1 | latency (ms) | int kernels | Q/DQ nodes | notes |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for row in rows:
+        is_ref = row["quantizer"] == "fp32"
+        failed = "error" in row
+        kernels = None if failed else f"{row['int_kernels']}/{row['floats']}"
+        lines.append("| " + " | ".join([
+            row["model"],
+            row["quantizer"],
+            cell(row.get("time_s"), "{:.2f}"),
+            cell(row.get("size_kb"), "{:.1f}"),
+            "ref" if is_ref else cell(row.get("sqnr"), "{:.2f}"),
+            ("ref" if row["scores"] else "—") if is_ref else cell(row.get("top1"), "{:.1%}"),
+            cell(row.get("latency_ms"), "{:.3f}"),
+            cell(kernels, "{}"),
+            cell(row.get("qdq"), "{}"),
+            shorten(row.get("error", "")),
+        ]) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def best_methods(rows):
+    """Per model: the whittle method with the highest SQNR, and its dB difference vs onnxruntime minmax."""
+    lines = []
+    for model in dict.fromkeys(row["model"] for row in rows):
+        mine = [r for r in rows if r["model"] == model and r["quantizer"].startswith("whittle") and "sqnr" in r]
+        ort_row = next((r for r in rows if r["model"] == model and r["quantizer"] == "onnxruntime minmax"), None)
+        if not mine:
+            lines.append(f"- {model}: no whittle result")
+            continue
+        best = max(mine, key=lambda r: r["sqnr"])
+        text = f"- {model}: best whittle method {best['quantizer'].split()[1]}, {best['sqnr']:.2f} dB"
+        if ort_row is not None and "sqnr" in ort_row:
+            text += f", {best['sqnr'] - ort_row['sqnr']:+.2f} dB vs onnxruntime minmax ({ort_row['sqnr']:.2f} dB)"
+        lines.append(text)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--whittle", type=Path, default=Path("target/release/whittle"), help="whittle binary (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=HERE / "results.md", help="markdown output (default: bench/quantize/results.md)")
+    parser.add_argument("--build", type=Path, default=bench_models.DEFAULT_BUILD, help="models, data and outputs (default: bench/quantize/build)")
+    parser.add_argument("--models", nargs="*", help="only these models (default: all)")
+    parser.add_argument("--methods", nargs="*", default=list(WHITTLE_PIPELINES), choices=list(WHITTLE_PIPELINES), help="whittle calibration methods (default: all)")
+    parser.add_argument("--ort-methods", nargs="*", default=["minmax"], choices=list(ORT_METHODS), help="onnxruntime calibration methods (default: minmax, the comparison's)")
+    parser.add_argument("--calib-samples", type=int, default=bench_models.CALIB_SAMPLES)
+    parser.add_argument("--heldout-samples", type=int, default=bench_models.HELDOUT_SAMPLES)
+    parser.add_argument("--latency-runs", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per whittle run")
+    args = parser.parse_args()
+    args.whittle = args.whittle if args.whittle.is_absolute() else Path.cwd() / args.whittle
+    args.build = args.build.resolve()
+    args.ort_messages = {}  # an ordered set of onnxruntime's log messages
+    return args
+
+
+def main():
+    args = parse_args()
+    ort.set_default_logger_severity(3)  # the session's own warnings (e.g. unused initializers)
+    load_before = os.getloadavg()[0]
+    log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    prepared = bench_models.prepare(args.build, args.calib_samples, args.heldout_samples, args.models, log)
+    rows = []
+    for name, paths in prepared.items():
+        rows += bench_model(name, paths, args, log)
+    report = "\n".join([
+        header(args, load_before, os.getloadavg()[0]),
+        table(rows),
+        "",
+        "Best whittle calibration method per model (highest SQNR):",
+        "",
+        best_methods(rows),
+        "",
+    ])  # fmt: skip
+    print(report)
+    args.out.write_text(report)
+    if args.ort_messages:
+        log("onnxruntime's quantizer logged:\n  " + "\n  ".join(args.ort_messages))
+    failures = [row for row in rows if "error" in row]
+    if failures:
+        log(f"{len(failures)} of {len(rows)} rows failed")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

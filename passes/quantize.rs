@@ -1,0 +1,1127 @@
+//! `quantize`: static int8 quantization in QDQ form, with calibration.
+//!
+//! ```text
+//! before:  x ─ Conv(W, b) ─ y ─ Relu ─ r ─ MaxPool ─ m ─ Gemm(V, c) ─ logits
+//!
+//! after:   x ─ Q ─ DQ ─ Conv(DQ(W_i8), DQ(b_i32)) ─ r ─ Q ─ DQ ─ MaxPool ─ m ─ Q ─ DQ ─ Gemm(DQ(V_i8), DQ(c_i32)) ─ Q ─ DQ ─ logits
+//!          (Relu folded into r's range; m shares r's scale and zero point)
+//! ```
+//!
+//! What it does, in one streamed pass over the calibration data:
+//! 1. **Plan** from the graph alone: Conv, ConvTranspose, Gemm and MatMul get
+//!    their activation inputs and output quantized; data-movement ops
+//!    (Reshape, Transpose, Squeeze, Unsqueeze, Flatten, Slice, MaxPool, ...)
+//!    whose input is quantized pass its scale on; a Relu or Clip(0, m) that
+//!    alone reads a compute op's output folds into that output's range when
+//!    the grid maps 0 to its lowest integer (asymmetric activations), which is
+//!    exact; element-wise ops (Add, Mul, Concat, ...) are quantized when listed
+//!    in `ops`.
+//! 2. **Calibrate**: tract runs the model once per sample with every planned
+//!    tensor as an extra output, on all threads; each tensor keeps streaming
+//!    statistics (min/max and, for the histogram methods, a histogram of
+//!    `|x|`), never the activations. Without `--data`, seeded synthetic
+//!    inputs are used and the report warns.
+//! 3. **Ranges**: `minmax`, `percentile`, `entropy` (KL) or `mse` picks each
+//!    tensor's range; overrides replace it. Scale and zero point follow
+//!    QuantizeLinear: asymmetric `s = (hi − lo)/(qmax − qmin)`,
+//!    `zp = round(qmin − lo/s)`; symmetric `s = 2·max(|lo|, |hi|)/(qmax − qmin)`.
+//! 4. **Rewrite**: weights become int8 initializers behind a DequantizeLinear
+//!    (per channel on the output-channel axis: Conv 0, ConvTranspose 1, Gemm
+//!    0 or 1 per `transB`, MatMul the last; symmetric, zero point 0); biases
+//!    of Conv/ConvTranspose/Gemm become int32 with scale `s_x · s_w[c]`;
+//!    every planned activation gets one QuantizeLinear/DequantizeLinear pair
+//!    shared by its consumers (or one per consumer with `dedicated_pairs`).
+//!
+//! Graph inputs and outputs keep their float types: an output produced by a
+//! quantized op is produced by its DequantizeLinear. The default-domain
+//! opset is raised to what the emitted ops need (13 for per-channel scales,
+//! 10 otherwise) when no op of the model changed meaning in between; else the
+//! pass stops and names the op. Subgraphs (If/Loop bodies) are left float.
+//!
+//! Profiles: `onnxruntime` (the defaults: uint8 asymmetric activations, int8
+//! symmetric per-channel weights, int32 biases, shared pairs) and `tensorrt`
+//! (int8 symmetric everywhere so every zero point is 0, a pair per consumer,
+//! biases left float).
+//!
+//! Exactness: not exact by nature; every value is rounded to its grid. The
+//! report lists each tensor's range, scale and zero point, every node's
+//! outcome, and the initializer bytes before and after.
+
+mod calibrate;
+mod plan;
+mod qdq;
+mod stats;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{
+    parse_config, Config, ConfigError, Pass, PassContext, PassError, PassInfo, PassReport,
+};
+use crate::ir::{DataType, Graph, Model};
+use plan::{Plan, RangeSource, Role};
+use qdq::TensorParams;
+use stats::{Grid, RangeMethod};
+
+/// Registry entry.
+pub const INFO: PassInfo = PassInfo {
+    name: "quantize",
+    summary:
+        "static int8 quantization: QDQ pairs with calibrated ranges, int8 weights, int32 biases",
+    doc: include_str!("quantize.rs"),
+    schema: super::schema_of::<Quantize>,
+    build: |o| Ok(Box::new(parse_config::<Quantize>(o)?)),
+};
+
+/// Options of `quantize`.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quantize {
+    /// Preset defaults: `onnxruntime` (uint8 asymmetric activations, int8
+    /// symmetric per-channel weights, int32 biases, one pair per tensor) or
+    /// `tensorrt` (int8 symmetric activations and weights, every zero point 0,
+    /// one pair per consumer, float biases). Options set explicitly win.
+    pub profile: Profile,
+    /// How activation ranges are measured.
+    pub calibration: Calibration,
+    /// How constant weights are stored.
+    pub weights: Weights,
+    /// How activations are quantized.
+    pub activations: Activations,
+    /// Store Conv/ConvTranspose/Gemm biases as int32 with scale = input scale
+    /// × weight scale (default: true; false under `profile: tensorrt`).
+    pub int32_bias: Option<bool>,
+    /// Op types to quantize. Conv, ConvTranspose, Gemm and MatMul are the
+    /// compute ops; data-movement ops follow a quantized input; Relu/Clip fold
+    /// into the op before them; Add, Mul, Concat, pooling etc. may be added.
+    pub ops: Vec<String>,
+    /// Quantize only these nodes (compute and element-wise ops; data-movement
+    /// ops still follow their input): exact names or `{ regex: "..." }`.
+    pub include_nodes: Vec<NodeMatch>,
+    /// Never quantize these nodes: exact names or `{ regex: "..." }`.
+    pub exclude_nodes: Vec<NodeMatch>,
+    /// One QuantizeLinear/DequantizeLinear pair per consumer instead of one
+    /// per tensor (default: false; true under `profile: tensorrt`).
+    pub dedicated_pairs: Option<bool>,
+    /// Fold a Relu or Clip(0, m) into the range of the op before it, where
+    /// that is exact (asymmetric activation grid).
+    pub fold_activations: bool,
+    /// Quantize graph outputs produced by a quantized op (the output stays
+    /// float, produced by a DequantizeLinear), so runtimes can fuse the last
+    /// op into an integer kernel. false keeps those outputs unquantized.
+    pub quantize_graph_outputs: bool,
+    /// Per-tensor overrides, by activation tensor name: `dtype`, `symmetric`,
+    /// a fixed `range: [lo, hi]`, or an exact `scale` (and `zero_point`).
+    pub overrides: BTreeMap<String, TensorOverride>,
+}
+
+impl Default for Quantize {
+    fn default() -> Self {
+        Quantize {
+            profile: Profile::Onnxruntime,
+            calibration: Calibration::default(),
+            weights: Weights::default(),
+            activations: Activations::default(),
+            int32_bias: None,
+            ops: DEFAULT_OPS.iter().map(|s| s.to_string()).collect(),
+            include_nodes: Vec::new(),
+            exclude_nodes: Vec::new(),
+            dedicated_pairs: None,
+            fold_activations: true,
+            quantize_graph_outputs: true,
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
+/// The default `ops`: compute ops and the data-movement and activation ops
+/// around them.
+const DEFAULT_OPS: &[&str] = &[
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "Relu",
+    "Clip",
+    "MaxPool",
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Flatten",
+    "Slice",
+];
+
+/// A preset of defaults.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// What onnxruntime's CPU integer kernels want.
+    Onnxruntime,
+    /// What TensorRT wants: symmetric int8, zero points 0, a pair per consumer.
+    Tensorrt,
+}
+
+/// Calibration options.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Calibration {
+    /// `minmax` (observed range), `percentile` (clip at `percentile` of |x|),
+    /// `entropy` (KL-divergence threshold search) or `mse` (least squared
+    /// quantization error).
+    pub method: Method,
+    /// The percentile of |x| kept by `method: percentile` (0 < p ≤ 100).
+    pub percentile: f64,
+    /// Use at most this many samples of the data (default: all).
+    pub samples: Option<usize>,
+    /// Histogram bins for percentile/entropy/mse (256 to 65536, even).
+    pub bins: usize,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Calibration {
+            method: Method::Minmax,
+            percentile: 99.999,
+            samples: None,
+            bins: 2048,
+        }
+    }
+}
+
+/// A range method.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Observed min and max.
+    Minmax,
+    /// Percentile of |x|.
+    Percentile,
+    /// KL-divergence threshold.
+    Entropy,
+    /// Least expected squared error.
+    Mse,
+}
+
+/// Weight options.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Weights {
+    /// Integer type of constant weights.
+    pub dtype: Dtype,
+    /// One scale per output channel (else one per tensor).
+    pub per_channel: bool,
+    /// Symmetric range (zero point 0 for int8).
+    pub symmetric: bool,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            dtype: Dtype::Int8,
+            per_channel: true,
+            symmetric: true,
+        }
+    }
+}
+
+/// Activation options.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Activations {
+    /// Integer type of activations (default: uint8; int8 under `profile: tensorrt`).
+    #[schemars(extend("default" = null))]
+    pub dtype: Option<Dtype>,
+    /// Symmetric range, zero point in the middle of the grid (default: false;
+    /// true under `profile: tensorrt`).
+    pub symmetric: Option<bool>,
+}
+
+/// An 8-bit integer type.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// 0..255.
+    Uint8,
+    /// -128..127.
+    Int8,
+}
+
+/// Selects nodes by exact name or by regular expression.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum NodeMatch {
+    /// A node name, matched exactly.
+    Name(String),
+    /// `{ regex: "..." }`: names the expression matches anywhere.
+    Regex(RegexMatch),
+}
+
+/// A regular expression over node names.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegexMatch {
+    /// The expression (Rust `regex` syntax; anchor with `^...$` to match whole names).
+    pub regex: String,
+}
+
+/// An override of one activation tensor's quantization.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TensorOverride {
+    /// Integer type for this tensor.
+    #[serde(default)]
+    pub dtype: Option<Dtype>,
+    /// Symmetric range for this tensor.
+    #[serde(default)]
+    pub symmetric: Option<bool>,
+    /// Use this range instead of the calibrated one.
+    #[serde(default)]
+    pub range: Option<[f64; 2]>,
+    /// Use exactly this scale (with `zero_point`, default the grid's middle
+    /// for symmetric tensors, else its lowest value).
+    #[serde(default)]
+    pub scale: Option<f64>,
+    /// Zero point with `scale`.
+    #[serde(default)]
+    pub zero_point: Option<i64>,
+}
+
+fn config_error(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+impl Config for Quantize {
+    fn check(&self) -> Result<(), ConfigError> {
+        let known: Vec<&str> = plan::OPS.iter().map(|(o, _)| *o).collect();
+        for (i, op) in self.ops.iter().enumerate() {
+            if plan::role(op).is_none() {
+                let hint = super::closest(op, &known)
+                    .map(|c| format!("did you mean {c:?}? "))
+                    .unwrap_or_default();
+                return Err(config_error(
+                    format!("ops[{i}]"),
+                    format!(
+                        "whittle cannot quantize {op:?}; {hint}supported: {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        if !self
+            .ops
+            .iter()
+            .any(|o| plan::role(o) == Some(Role::Compute))
+            && !self
+                .ops
+                .iter()
+                .any(|o| plan::role(o) == Some(Role::Generic))
+        {
+            return Err(config_error(
+                "ops",
+                "lists no op that starts quantization (Conv, ConvTranspose, Gemm, MatMul, or an element-wise op)",
+            ));
+        }
+        let c = &self.calibration;
+        if !(c.percentile > 0.0 && c.percentile <= 100.0) {
+            return Err(config_error(
+                "calibration.percentile",
+                format!("{} is not in (0, 100]", c.percentile),
+            ));
+        }
+        if !(256..=65536).contains(&c.bins) || c.bins % 2 != 0 {
+            return Err(config_error(
+                "calibration.bins",
+                format!("{} is not an even number from 256 to 65536", c.bins),
+            ));
+        }
+        if c.samples == Some(0) {
+            return Err(config_error("calibration.samples", "must be at least 1"));
+        }
+        for (list, field) in [
+            (&self.include_nodes, "include_nodes"),
+            (&self.exclude_nodes, "exclude_nodes"),
+        ] {
+            for (i, m) in list.iter().enumerate() {
+                if let NodeMatch::Regex(r) = m {
+                    regex::Regex::new(&r.regex).map_err(|e| {
+                        config_error(format!("{field}[{i}].regex"), first_line(&e.to_string()))
+                    })?;
+                }
+            }
+        }
+        for (name, o) in &self.overrides {
+            let field = |f: &str| format!("overrides.{name}.{f}");
+            if o.range.is_some() && o.scale.is_some() {
+                return Err(config_error(
+                    field("range"),
+                    "give either `range` or `scale`, not both",
+                ));
+            }
+            if let Some([lo, hi]) = o.range {
+                if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+                    return Err(config_error(
+                        field("range"),
+                        format!("[{lo}, {hi}] is not a range"),
+                    ));
+                }
+            }
+            if let Some(s) = o.scale {
+                if !(s.is_finite() && s > 0.0) {
+                    return Err(config_error(
+                        field("scale"),
+                        format!("{s} is not a positive scale"),
+                    ));
+                }
+            }
+            if o.zero_point.is_some() && o.scale.is_none() {
+                return Err(config_error(
+                    field("zero_point"),
+                    "a zero point needs a `scale`",
+                ));
+            }
+        }
+        let s = self.settings();
+        if self.profile == Profile::Tensorrt {
+            if s.act != QType::Int8 || !s.act_symmetric {
+                return Err(config_error(
+                    "activations",
+                    "profile tensorrt needs symmetric int8 activations (every zero point 0)",
+                ));
+            }
+            if s.weights != QType::Int8 || !s.w_symmetric {
+                return Err(config_error(
+                    "weights",
+                    "profile tensorrt needs symmetric int8 weights",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// An integer type the pass emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QType {
+    /// uint8.
+    Uint8,
+    /// int8.
+    Int8,
+    /// int32 (biases).
+    Int32,
+}
+
+impl From<Dtype> for QType {
+    fn from(d: Dtype) -> QType {
+        match d {
+            Dtype::Uint8 => QType::Uint8,
+            Dtype::Int8 => QType::Int8,
+        }
+    }
+}
+
+impl QType {
+    /// The ONNX element type.
+    pub fn data_type(self) -> DataType {
+        match self {
+            QType::Uint8 => DataType::Uint8,
+            QType::Int8 => DataType::Int8,
+            QType::Int32 => DataType::Int32,
+        }
+    }
+
+    /// The type's own limits.
+    pub fn limits(self) -> (i64, i64) {
+        match self {
+            QType::Uint8 => (0, 255),
+            QType::Int8 => (-128, 127),
+            QType::Int32 => (i64::from(i32::MIN), i64::from(i32::MAX)),
+        }
+    }
+
+    /// Little-endian bytes of `v` (already in range).
+    pub fn bytes(self, v: i64) -> Vec<u8> {
+        match self {
+            QType::Uint8 => vec![v as u8],
+            QType::Int8 => vec![v as i8 as u8],
+            QType::Int32 => (v as i32).to_le_bytes().to_vec(),
+        }
+    }
+
+    /// The one byte of an 8-bit value.
+    pub fn byte(self, v: i64) -> u8 {
+        self.bytes(v)[0]
+    }
+
+    /// The grid values are mapped to: symmetric grids are narrow (int8
+    /// −127..127, as onnxruntime and TensorRT use) so that zero sits in the middle.
+    pub fn grid(self, symmetric: bool) -> Grid {
+        let (qmin, qmax) = match (self, symmetric) {
+            (QType::Int8, true) => (-127, 127),
+            (t, _) => t.limits(),
+        };
+        Grid {
+            qmin,
+            qmax,
+            symmetric,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            QType::Uint8 => "uint8",
+            QType::Int8 => "int8",
+            QType::Int32 => "int32",
+        }
+    }
+}
+
+/// The options with the profile's defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    method: RangeMethod,
+    method_name: &'static str,
+    bins: usize,
+    act: QType,
+    act_symmetric: bool,
+    weights: QType,
+    w_symmetric: bool,
+    per_channel: bool,
+    int32_bias: bool,
+    ops: BTreeSet<String>,
+    dedicated: bool,
+    fold_activations: bool,
+    quantize_graph_outputs: bool,
+}
+
+impl Quantize {
+    fn settings(&self) -> Settings {
+        let trt = self.profile == Profile::Tensorrt;
+        let (method, method_name) = match self.calibration.method {
+            Method::Minmax => (RangeMethod::MinMax, "minmax"),
+            Method::Percentile => (
+                RangeMethod::Percentile(self.calibration.percentile),
+                "percentile",
+            ),
+            Method::Entropy => (RangeMethod::Entropy, "entropy"),
+            Method::Mse => (RangeMethod::Mse, "mse"),
+        };
+        let needs_histogram = method != RangeMethod::MinMax;
+        Settings {
+            method,
+            method_name,
+            bins: if needs_histogram {
+                self.calibration.bins
+            } else {
+                0
+            },
+            act: self.activations.dtype.map(QType::from).unwrap_or(if trt {
+                QType::Int8
+            } else {
+                QType::Uint8
+            }),
+            act_symmetric: self.activations.symmetric.unwrap_or(trt),
+            weights: self.weights.dtype.into(),
+            w_symmetric: self.weights.symmetric,
+            per_channel: self.weights.per_channel,
+            int32_bias: self.int32_bias.unwrap_or(!trt),
+            ops: self.ops.iter().cloned().collect(),
+            dedicated: self.dedicated_pairs.unwrap_or(trt),
+            fold_activations: self.fold_activations,
+            quantize_graph_outputs: self.quantize_graph_outputs,
+        }
+    }
+
+    /// The grid and type of activation `name`, overrides applied.
+    fn grid_of(&self, s: &Settings, name: &str) -> (QType, Grid) {
+        let o = self.overrides.get(name);
+        let dtype = o.and_then(|o| o.dtype).map(QType::from).unwrap_or(s.act);
+        let symmetric = o.and_then(|o| o.symmetric).unwrap_or(s.act_symmetric);
+        (dtype, dtype.grid(symmetric))
+    }
+}
+
+/// Compiled `include_nodes` / `exclude_nodes`.
+pub struct NodeFilter {
+    include: Vec<Matcher>,
+    exclude: Vec<Matcher>,
+}
+
+enum Matcher {
+    Name(String),
+    Regex(regex::Regex),
+}
+
+impl Matcher {
+    fn new(m: &NodeMatch) -> Matcher {
+        match m {
+            NodeMatch::Name(n) => Matcher::Name(n.clone()),
+            // Checked in `Config::check`.
+            NodeMatch::Regex(r) => Matcher::Regex(
+                regex::Regex::new(&r.regex).unwrap_or_else(|_| regex::Regex::new("$^").unwrap()),
+            ),
+        }
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            Matcher::Name(n) => n == name,
+            Matcher::Regex(r) => r.is_match(name),
+        }
+    }
+}
+
+impl NodeFilter {
+    fn new(q: &Quantize) -> NodeFilter {
+        NodeFilter {
+            include: q.include_nodes.iter().map(Matcher::new).collect(),
+            exclude: q.exclude_nodes.iter().map(Matcher::new).collect(),
+        }
+    }
+
+    /// Why a node is filtered out, if it is.
+    pub fn rejects(&self, name: &str, role: Role) -> Option<String> {
+        if let Some(i) = self.exclude.iter().position(|m| m.matches(name)) {
+            return Some(format!("excluded by exclude_nodes[{i}]"));
+        }
+        let starts = matches!(role, Role::Compute | Role::Generic);
+        if starts && !self.include.is_empty() && !self.include.iter().any(|m| m.matches(name)) {
+            return Some("not in include_nodes".into());
+        }
+        None
+    }
+}
+
+impl Pass for Quantize {
+    fn run(&self, model: &mut Model, ctx: &PassContext) -> Result<PassReport, PassError> {
+        let s = self.settings();
+        let mut report = PassReport::with_counters(&[
+            "nodes_quantized",
+            "activations_quantized",
+            "activations_folded",
+            "weights_quantized",
+            "biases_quantized",
+            "q_nodes_added",
+            "dq_nodes_added",
+            "initializer_bytes_before",
+            "initializer_bytes_after",
+            "calibration_samples",
+        ]);
+        check_model(model)?;
+        self.check_node_names(&model.graph, &mut report)?;
+        warn_unfolded_batchnorm(&model.graph, &mut report);
+        let bytes_before = initializer_bytes(&model.graph);
+        report.count("initializer_bytes_before", bytes_before);
+
+        let filter = NodeFilter::new(self);
+        let folds = |t: &str| {
+            let o = self.overrides.get(t);
+            !self.grid_of(&s, t).1.symmetric
+                && o.is_none_or(|o| o.scale.is_none() && o.range.is_none())
+        };
+        let mut plan = plan::plan(&model.graph, &s, &filter, &folds)?;
+        self.check_overrides(&plan)?;
+        if plan.tensors.is_empty() && plan.weights.is_empty() {
+            report.warnings.push(
+                "nothing to quantize: no node of the selected op types has a float input".into(),
+            );
+            report_nodes(&plan, &mut report);
+            report.count("initializer_bytes_after", bytes_before);
+            return Ok(report);
+        }
+        let needed = if plan.weights.iter().any(|w| w.axis.is_some()) {
+            13
+        } else {
+            10
+        };
+        raise_opset(model, needed)?;
+
+        // Calibrate.
+        let samples = load_samples(model, ctx, self.calibration.samples, &mut report)?;
+        let threads = ctx.threads.unwrap_or_else(crate::exec::default_threads);
+        let observed_names = plan.calibrated();
+        let observed = calibrate::observe(
+            model,
+            &observed_names,
+            &samples,
+            ctx.model_dir.as_deref(),
+            threads,
+            s.bins,
+            ctx.progress,
+        )?;
+        report.count("calibration_samples", samples.len() as i64);
+        drop(samples);
+        let mut stats = BTreeMap::new();
+        let mut not_float = BTreeMap::new();
+        for (name, st) in observed_names.iter().zip(observed.stats) {
+            match st {
+                Ok(st) => {
+                    if st.non_finite > 0 {
+                        report.warnings.push(format!(
+                            "tensor {name:?} had {} NaN or infinite values during calibration; they were ignored",
+                            st.non_finite
+                        ));
+                    }
+                    stats.insert(name.clone(), st);
+                }
+                Err(dt) => {
+                    not_float.insert(name.clone(), dt);
+                }
+            }
+        }
+        drop_non_float(&mut plan, &model.graph, &not_float);
+
+        // Ranges and parameters, in plan order (sources before their followers).
+        let mut params: BTreeMap<String, TensorParams> = BTreeMap::new();
+        for t in &plan.tensors {
+            let p = match &t.range {
+                RangeSource::SameAs(src) if !self.overrides.contains_key(&t.name) => {
+                    let root = plan.root(src);
+                    let Some(mut p) = params.get(root).cloned() else {
+                        continue;
+                    };
+                    p.source = format!("same as {root:?}");
+                    p
+                }
+                _ => {
+                    let Some(p) = self.params_of(&s, &t.name, stats.get(&t.name)) else {
+                        continue;
+                    };
+                    p
+                }
+            };
+            params.insert(t.name.clone(), p);
+        }
+
+        // Rewrite.
+        let g = &mut model.graph;
+        let mut ed = qdq::Editor::new(g, s.dedicated);
+        ed.apply_folds(&plan);
+        report.count("activations_folded", plan.folds.len() as i64);
+        let wgrid = s.weights.grid(s.w_symmetric);
+        let mut cache = BTreeMap::new();
+        let mut weight_scales: Vec<Vec<f32>> = Vec::with_capacity(plan.weights.len());
+        let mut seen_weights = BTreeSet::new();
+        for w in &plan.weights {
+            let t =
+                ed.g.initializer(&w.name)
+                    .ok_or_else(|| PassError::Model(format!("weight {:?} vanished", w.name)))?;
+            let dims = t.dims.clone();
+            let values = t.to_f32()?;
+            let q = qdq::quantize_weight(&values, &dims, w.axis, s.weights, &wgrid);
+            if seen_weights.insert((w.name.clone(), w.axis)) {
+                report.count("weights_quantized", 1);
+                report
+                    .details
+                    .push(weight_detail(&w.name, w.axis, &q, s.weights, &dims));
+            }
+            ed.weight(
+                w.node, w.slot, &w.name, w.axis, &q, s.weights, &dims, &mut cache,
+            );
+            weight_scales.push(q.scales);
+        }
+        for b in &plan.biases {
+            let Some(x) = params.get(&b.input) else {
+                continue;
+            };
+            let t =
+                ed.g.initializer(&b.name)
+                    .ok_or_else(|| PassError::Model(format!("bias {:?} vanished", b.name)))?;
+            let values = t.to_f32()?;
+            let ws = &weight_scales[b.weight];
+            let scales: Vec<f32> = if ws.len() == 1 {
+                vec![x.scale * ws[0]]
+            } else {
+                (0..values.len())
+                    .map(|c| x.scale * ws[c % ws.len()])
+                    .collect()
+            };
+            let (q, saturated) = qdq::quantize_bias(&values, &scales);
+            if saturated > 0 {
+                report.warnings.push(format!(
+                    "bias {:?}: {saturated} values saturated int32 (input scale × weight scale is tiny)",
+                    b.name
+                ));
+            }
+            report.count("biases_quantized", 1);
+            report.details.push(json!({
+                "kind": "bias", "tensor": b.name, "dtype": "int32",
+                "channels": values.len(), "saturated": saturated,
+            }));
+            ed.bias(b.node, b.slot, &b.name, &q, &scales);
+        }
+        for t in &plan.tensors {
+            let Some(p) = params.get(&t.name) else {
+                continue;
+            };
+            ed.activation(&t.name, &t.readers, p);
+            report.count("activations_quantized", 1);
+            report.details.push(json!({
+                "kind": "activation", "tensor": t.name, "dtype": p.dtype.name(),
+                "range": [p.range.0, p.range.1], "scale": p.scale, "zero_point": p.zero_point,
+                "source": p.source, "folded": t.folded,
+            }));
+        }
+        report.count("q_nodes_added", ed.q_nodes as i64);
+        report.count("dq_nodes_added", ed.dq_nodes as i64);
+        // Float weights and biases nothing reads any more.
+        let replaced: BTreeSet<&str> = plan
+            .weights
+            .iter()
+            .map(|w| w.name.as_str())
+            .chain(plan.biases.iter().map(|b| b.name.as_str()))
+            .collect();
+        for name in replaced {
+            if g_unused(ed.g, name) {
+                ed.g.remove_initializer(name);
+            }
+        }
+        report_nodes(&plan, &mut report);
+        report.count("initializer_bytes_after", initializer_bytes(&model.graph));
+        Ok(report)
+    }
+}
+
+fn g_unused(g: &Graph, name: &str) -> bool {
+    g.uses(name).is_empty() && !g.is_output(name) && !g.is_input(name)
+}
+
+impl Quantize {
+    /// Scale and zero point of a calibrated (or overridden) tensor.
+    fn params_of(
+        &self,
+        s: &Settings,
+        name: &str,
+        st: Option<&stats::TensorStats>,
+    ) -> Option<TensorParams> {
+        let (dtype, grid) = self.grid_of(s, name);
+        let o = self.overrides.get(name);
+        if let Some(scale) = o.and_then(|o| o.scale) {
+            let zp = o.and_then(|o| o.zero_point).unwrap_or(if grid.symmetric {
+                (grid.qmin + grid.qmax + 1).div_euclid(2)
+            } else {
+                grid.qmin
+            });
+            let zp = zp.clamp(dtype.limits().0, dtype.limits().1);
+            return Some(TensorParams {
+                dtype,
+                scale: scale as f32,
+                zero_point: zp,
+                range: (
+                    (grid.qmin - zp) as f64 * scale,
+                    (grid.qmax - zp) as f64 * scale,
+                ),
+                source: "override (scale)".into(),
+            });
+        }
+        let (range, source) = match o.and_then(|o| o.range) {
+            Some([lo, hi]) => ((lo, hi), "override (range)".to_string()),
+            None => (st?.range(s.method, &grid), s.method_name.to_string()),
+        };
+        let (scale, zero_point) = grid.params(range.0, range.1);
+        Some(TensorParams {
+            dtype,
+            scale,
+            zero_point,
+            range,
+            source,
+        })
+    }
+
+    /// Exact names in include/exclude must exist; a regex that matches
+    /// nothing is only a warning (pipelines are shared between models).
+    fn check_node_names(&self, g: &Graph, report: &mut PassReport) -> Result<(), PassError> {
+        let names: Vec<&str> = g.nodes().map(|(_, n)| n.name()).collect();
+        for (list, field) in [
+            (&self.include_nodes, "include_nodes"),
+            (&self.exclude_nodes, "exclude_nodes"),
+        ] {
+            for (i, m) in list.iter().enumerate() {
+                match m {
+                    NodeMatch::Name(n) if !names.contains(&n.as_str()) => {
+                        let hint = super::closest(n, &names)
+                            .map(|c| format!("; did you mean {c:?}?"))
+                            .unwrap_or_default();
+                        return Err(PassError::Model(format!(
+                            "{field}[{i}]: no node is named {n:?}{hint}"
+                        )));
+                    }
+                    NodeMatch::Regex(r) => {
+                        let m = Matcher::new(m);
+                        if !names.iter().any(|n| m.matches(n)) {
+                            report.warnings.push(format!(
+                                "{field}[{i}]: regex {:?} matches no node name",
+                                r.regex
+                            ));
+                        }
+                    }
+                    NodeMatch::Name(_) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every override must name a tensor the plan quantizes.
+    fn check_overrides(&self, plan: &Plan) -> Result<(), PassError> {
+        let names: Vec<&str> = plan.tensors.iter().map(|t| t.name.as_str()).collect();
+        for name in self.overrides.keys() {
+            if !names.contains(&name.as_str()) {
+                let hint = super::closest(name, &names)
+                    .map(|c| format!("; did you mean {c:?}?"))
+                    .unwrap_or_default();
+                return Err(PassError::Model(format!(
+                    "overrides.{name}: {name:?} is not one of the {} activation tensors this pass quantizes{hint}",
+                    names.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses models that cannot or should not be quantized.
+fn check_model(model: &Model) -> Result<(), PassError> {
+    let g = &model.graph;
+    if let Some((_, n)) = g.nodes().find(|(_, n)| {
+        matches!(
+            n.op_type(),
+            "QuantizeLinear"
+                | "DequantizeLinear"
+                | "QLinearConv"
+                | "QLinearMatMul"
+                | "DynamicQuantizeLinear"
+        )
+    }) {
+        return Err(PassError::Node {
+            node: n.label(),
+            message: "the model is already quantized; quantize its float original".into(),
+        });
+    }
+    let float_init = g
+        .initializers()
+        .iter()
+        .any(|t| t.dtype() == DataType::Float);
+    let float_value = g
+        .inputs
+        .iter()
+        .chain(&g.value_info)
+        .chain(&g.outputs)
+        .any(|v| v.ty.as_ref().and_then(|t| t.tensor_elem()) == Some(DataType::Float));
+    if !float_init && !float_value {
+        return Err(PassError::Model(
+            "the model has no float32 tensors (inputs, outputs, value_info or initializers): nothing to quantize"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A BatchNormalization after a Conv/Gemm stays float between two quantized
+/// tensors, costing accuracy and speed: say so.
+fn warn_unfolded_batchnorm(g: &Graph, report: &mut PassReport) {
+    let unfolded = g
+        .nodes()
+        .filter(|(_, n)| n.op_type() == "BatchNormalization")
+        .filter(|(_, n)| {
+            n.inputs
+                .first()
+                .and_then(|x| g.producer(x))
+                .is_some_and(|(p, _)| {
+                    matches!(g.node(p).op_type(), "Conv" | "ConvTranspose" | "Gemm")
+                })
+        })
+        .count();
+    if unfolded > 0 {
+        report.warnings.push(format!(
+            "{unfolded} BatchNormalization nodes follow a Conv/Gemm and stay float; run fold-batchnorm before quantize"
+        ));
+    }
+}
+
+/// Drops tensors that turned out not to be float32 during calibration, and
+/// the nodes that needed them.
+fn drop_non_float(plan: &mut Plan, g: &Graph, not_float: &BTreeMap<String, DataType>) {
+    if not_float.is_empty() {
+        return;
+    }
+    let bad: BTreeSet<String> = plan
+        .tensors
+        .iter()
+        .filter(|t| not_float.contains_key(plan.root(&t.name)))
+        .map(|t| t.name.clone())
+        .collect();
+    let mut bad_nodes = BTreeMap::new();
+    for t in &plan.tensors {
+        if let (true, plan::Readers::Nodes(rs)) = (bad.contains(&t.name), &t.readers) {
+            for (id, _) in rs {
+                let dt = not_float.get(plan.root(&t.name)).copied();
+                bad_nodes.insert(*id, (t.name.clone(), dt));
+            }
+        }
+    }
+    plan.tensors.retain(|t| !bad.contains(&t.name));
+    plan.weights.retain(|w| !bad_nodes.contains_key(&w.node));
+    plan.biases.retain(|b| !bad_nodes.contains_key(&b.node));
+    for st in &mut plan.nodes {
+        if let Some((t, dt)) = bad_nodes.get(&st.node) {
+            let dt = dt.map(|d| d.name()).unwrap_or_default();
+            st.outcome = Err(format!("input {t:?} is {dt}, not float32"));
+        }
+    }
+    let _ = g;
+}
+
+fn report_nodes(plan: &Plan, report: &mut PassReport) {
+    for st in &plan.nodes {
+        let (quantized, note) = match &st.outcome {
+            Ok(what) => (true, what.clone()),
+            Err(why) => (false, why.clone()),
+        };
+        if quantized {
+            report.count("nodes_quantized", 1);
+        }
+        report.details.push(json!({
+            "kind": "node", "node": st.label, "quantized": quantized,
+            if quantized { "what" } else { "why_not" }: note,
+        }));
+    }
+}
+
+fn weight_detail(
+    name: &str,
+    axis: Option<usize>,
+    q: &qdq::QuantWeight,
+    dtype: QType,
+    dims: &[i64],
+) -> serde_json::Value {
+    let lo = q.scales.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = q.scales.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    json!({
+        "kind": "weight", "tensor": name, "dtype": dtype.name(), "shape": dims,
+        "axis": axis, "channels": q.scales.len(), "scale_min": lo, "scale_max": hi,
+        "zero_points": if q.zero_points.iter().all(|&z| z == 0) { json!(0) } else { json!(q.zero_points) },
+    })
+}
+
+fn initializer_bytes(g: &Graph) -> i64 {
+    g.initializers().iter().map(|t| t.byte_len() as i64).sum()
+}
+
+/// The calibration samples: `--data`, or seeded synthetic inputs (warned).
+fn load_samples(
+    model: &Model,
+    ctx: &PassContext,
+    limit: Option<usize>,
+    report: &mut PassReport,
+) -> Result<Vec<crate::data::Sample>, PassError> {
+    let inputs = crate::data::InputSpec::of_graph(&model.graph).map_err(PassError::Model)?;
+    let loaded = match &ctx.data {
+        Some(path) => crate::data::load_samples(path, &inputs, &ctx.dims, limit),
+        None => {
+            let spec = crate::data::SyntheticSpec::default();
+            let s = crate::data::synthetic(&inputs, &ctx.dims, limit.unwrap_or(16), &spec);
+            if let Ok(s) = &s {
+                report.warnings.push(format!(
+                    "calibrated on {}: pass --data with real inputs, or the ranges fit noise rather than your data",
+                    s.source
+                ));
+            }
+            s
+        }
+    };
+    loaded
+        .map(|s| s.samples)
+        .map_err(|e| PassError::Model(format!("calibration data: {e}")))
+}
+
+/// Ops whose meaning changed between opsets, so that raising the opset
+/// would change (or invalidate) a model using them: (op, version of the change, what).
+const BREAKING: &[(&str, i64, &str)] = &[
+    ("Slice", 10, "starts/ends became inputs"),
+    ("TopK", 10, "k became an input"),
+    ("Upsample", 10, "deprecated"),
+    ("Clip", 11, "min/max became inputs"),
+    ("Pad", 11, "pads became an input"),
+    ("Resize", 11, "coordinate transformation changed"),
+    ("Scatter", 11, "deprecated"),
+    ("Dropout", 12, "ratio became an input"),
+    ("Squeeze", 13, "axes became an input"),
+    ("Unsqueeze", 13, "axes became an input"),
+    ("Split", 13, "split became an input"),
+    ("ReduceSum", 13, "axes became an input"),
+    (
+        "Softmax",
+        13,
+        "the axis now names one axis, not a 2-D coercion",
+    ),
+    (
+        "LogSoftmax",
+        13,
+        "the axis now names one axis, not a 2-D coercion",
+    ),
+    (
+        "Hardmax",
+        13,
+        "the axis now names one axis, not a 2-D coercion",
+    ),
+];
+
+/// Raises the default-domain opset to `needed` when no op changes meaning.
+fn raise_opset(model: &mut Model, needed: i64) -> Result<(), PassError> {
+    let have = model.opset_version("").unwrap_or(1);
+    if have >= needed {
+        return Ok(());
+    }
+    for (_, n) in model.graph.nodes() {
+        if !n.domain().is_empty() && n.domain() != "ai.onnx" {
+            continue;
+        }
+        let op = n.op_type();
+        let changed = BREAKING
+            .iter()
+            .find(|(o, v, _)| *o == op && *v > have && *v <= needed);
+        let harmless = match op {
+            // Only the attribute form changed.
+            "Squeeze" | "Unsqueeze" | "ReduceSum" => n.attr("axes").is_none(),
+            "Split" => n.attr("split").is_none(),
+            "Softmax" | "LogSoftmax" | "Hardmax" => n.attr_int("axis") == Some(-1),
+            "Clip" => n.attr("min").is_none() && n.attr("max").is_none(),
+            "Dropout" => n.attr("ratio").is_none(),
+            _ => false,
+        };
+        if let (Some((_, v, what)), false) = (changed, harmless) {
+            return Err(PassError::Node {
+                node: n.label(),
+                message: format!(
+                    "the quantized model needs opset {needed} (the model imports {have}), but {op} changed at opset {v} ({what}); convert the model to opset {needed} first (onnx.version_converter), or set weights.per_channel: false (opset 10)"
+                ),
+            });
+        }
+    }
+    for o in &mut model.opset_import {
+        if o.domain().is_empty() || o.domain() == "ai.onnx" {
+            o.version = Some(needed);
+        }
+    }
+    // Opset 13 needs IR version 7, opset 10 needs 5.
+    let ir = if needed >= 13 { 7 } else { 5 };
+    if model.ir_version.is_some_and(|v| v < ir) {
+        model.ir_version = Some(ir);
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! Calibration: one streamed pass of the model over the calibration samples,
+//! observing every planned tensor at once.
+//!
+//! The tensors to observe become extra outputs of a copy of the model, which
+//! tract runs sample by sample on every thread. Each thread folds what it
+//! sees into its own [`TensorStats`] and drops the activations; the threads'
+//! statistics merge exactly at the end, so memory is bounded by one sample's
+//! activations per thread and the result does not depend on the thread count.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::data::{Array, Sample};
+use crate::exec::Runner;
+use crate::ir::{DataType, Model, ValueInfo};
+
+use super::stats::TensorStats;
+use crate::passes::PassError;
+
+/// What calibration saw.
+#[derive(Debug)]
+pub struct Observed {
+    /// Per requested tensor: its statistics, or the element type it turned
+    /// out to have when that is not float32 (such tensors are not quantized).
+    pub stats: Vec<Result<TensorStats, DataType>>,
+}
+
+/// Runs `samples` through `model`, observing `tensors`.
+pub fn observe(
+    model: &Model,
+    tensors: &[String],
+    samples: &[Sample],
+    dir: Option<&std::path::Path>,
+    threads: usize,
+    bins: usize,
+    progress: bool,
+) -> Result<Observed, PassError> {
+    let g = &model.graph;
+    let input_index = |t: &str| g.inputs.iter().position(|i| i.name() == t);
+    // Graph inputs are read from the samples; everything else is an output.
+    let mut probe = model.clone();
+    let mut slots: Vec<Source> = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        if let Some(i) = input_index(t) {
+            slots.push(Source::Input(i));
+        } else if let Some(o) = probe.graph.outputs.iter().position(|o| o.name() == t) {
+            slots.push(Source::Output(o));
+        } else {
+            probe.graph.outputs.push(ValueInfo {
+                name: Some(t.clone()),
+                ty: None,
+                doc_string: None,
+                metadata_props: Vec::new(),
+            });
+            slots.push(Source::Output(probe.graph.outputs.len() - 1));
+        }
+    }
+    let runner = Runner::from_model("calibration model", &probe, dir)
+        .map_err(|e| PassError::Model(format!("calibration: {e}")))?;
+    for s in samples {
+        runner
+            .prepare(s)
+            .map_err(|e| PassError::Model(format!("calibration: {e}")))?;
+    }
+    drop(probe);
+
+    let fresh = || -> Vec<Result<TensorStats, DataType>> {
+        (0..tensors.len())
+            .map(|_| Ok(TensorStats::new(bins)))
+            .collect()
+    };
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let failure: Mutex<Option<(usize, String)>> = Mutex::new(None);
+    let bar = Progress::new(progress, samples.len());
+    let work = || {
+        let mut acc = fresh();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(sample) = samples.get(i) else { break };
+            match runner.run(i, sample) {
+                Ok(outputs) => {
+                    for (stat, slot) in acc.iter_mut().zip(&slots) {
+                        let a = match *slot {
+                            Source::Input(k) => &sample[k],
+                            Source::Output(k) => &outputs[k],
+                        };
+                        add(stat, a);
+                    }
+                }
+                Err(e) => {
+                    let mut f = failure.lock().unwrap_or_else(|e| e.into_inner());
+                    if f.as_ref().is_none_or(|(j, _)| i < *j) {
+                        *f = Some((i, e.to_string()));
+                    }
+                    next.store(samples.len(), Ordering::Relaxed);
+                    break;
+                }
+            }
+            bar.tick(done.fetch_add(1, Ordering::Relaxed) + 1);
+        }
+        acc
+    };
+    let threads = threads.clamp(1, samples.len().max(1));
+    let parts: Vec<Vec<Result<TensorStats, DataType>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    bar.finish();
+    if let Some((_, message)) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(PassError::Model(format!("calibration: {message}")));
+    }
+    let mut stats = fresh();
+    for part in parts {
+        for (into, from) in stats.iter_mut().zip(part) {
+            match (into.as_mut(), from) {
+                (Ok(a), Ok(b)) => a.merge(&b),
+                (Ok(_), Err(dt)) => *into = Err(dt),
+                (Err(_), _) => {}
+            }
+        }
+    }
+    Ok(Observed { stats })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Input(usize),
+    Output(usize),
+}
+
+fn add(stat: &mut Result<TensorStats, DataType>, a: &Array) {
+    let Ok(st) = stat else { return };
+    if a.dtype != DataType::Float {
+        *stat = Err(a.dtype);
+        return;
+    }
+    let values: Vec<f32> = a
+        .data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    st.add(&values);
+}
+
+/// A one-line progress bar on stderr, drawn only on a terminal.
+struct Progress {
+    on: bool,
+    total: usize,
+    drawn: Mutex<usize>,
+}
+
+impl Progress {
+    fn new(on: bool, total: usize) -> Progress {
+        Progress {
+            on,
+            total,
+            drawn: Mutex::new(0),
+        }
+    }
+
+    fn tick(&self, done: usize) {
+        if !self.on {
+            return;
+        }
+        let mut drawn = self.drawn.lock().unwrap_or_else(|e| e.into_inner());
+        if done <= *drawn {
+            return;
+        }
+        *drawn = done;
+        let width = 30;
+        let filled = done * width / self.total.max(1);
+        eprint!(
+            "\r  calibrating [{}{}] {done}/{} samples",
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            self.total
+        );
+        let _ = std::io::stderr().flush();
+    }
+
+    fn finish(&self) {
+        if self.on {
+            eprint!("\r{}\r", " ".repeat(60));
+            let _ = std::io::stderr().flush();
+        }
+    }
+}

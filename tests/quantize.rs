@@ -1,0 +1,371 @@
+//! The `quantize` pass end to end, through the CLI: onnxruntime's integer
+//! kernels on whittle's int8 models, tract against onnxruntime on the same
+//! int8 model, the tensorrt profile's contract, calibration determinism, and
+//! the errors and warnings bad configs and data get.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use whittle::data::{load_samples, Array, InputSpec};
+use whittle::exec::Runner;
+use whittle::ir::{DataType, Model};
+
+/// The fixtures the onnxruntime checks run on.
+const FIXTURES: &[&str] = &["conv_bn_relu", "mlp", "resnet_tiny", "transformer_tiny"];
+
+fn run_ok(args: &[&str]) -> String {
+    let out = common::whittle(args);
+    let (stdout, stderr) = common::text(&out);
+    assert!(
+        out.status.success(),
+        "whittle {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    stderr
+}
+
+fn run_err(args: &[&str]) -> String {
+    let out = common::whittle(args);
+    let (_, stderr) = common::text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "whittle {args:?} should fail:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn pipeline(dir: &Path, name: &str, options: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(
+        &p,
+        format!("version: 1\npasses:\n  - quantize:\n{options}\n"),
+    )
+    .unwrap();
+    p
+}
+
+fn quantize(config: &Path, fixture: &str, out: &Path, extra: &[&str]) -> String {
+    let input = common::fixture(&format!("{fixture}.onnx"));
+    let data = common::fixture(&format!("{fixture}.data.npz"));
+    let mut args = vec![
+        "run",
+        config.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run_ok(&args)
+}
+
+/// Writes `arrays` as an uncompressed .npz (numpy's own layout, little-endian f32/other).
+fn write_npz(path: &Path, arrays: &[(String, Array)]) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut zip = zip::ZipWriter::new(file);
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, a) in arrays {
+        let descr = match a.dtype {
+            DataType::Float => "<f4",
+            DataType::Int64 => "<i8",
+            DataType::Int32 => "<i4",
+            DataType::Uint8 => "|u1",
+            DataType::Int8 => "|i1",
+            other => panic!("no npy descr for {other}"),
+        };
+        let shape: Vec<String> = a.shape.iter().map(|d| d.to_string()).collect();
+        let shape = match shape.len() {
+            1 => format!("({},)", shape[0]),
+            _ => format!("({})", shape.join(", ")),
+        };
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        zip.start_file(format!("{name}.npy"), options).unwrap();
+        zip.write_all(b"\x93NUMPY\x01\x00").unwrap();
+        zip.write_all(&(header.len() as u16).to_le_bytes()).unwrap();
+        zip.write_all(header.as_bytes()).unwrap();
+        zip.write_all(&a.data).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+/// Runs `model` in tract over the fixture's samples and writes its outputs
+/// (first axis = samples) next to it.
+fn tract_outputs(model_path: &Path, fixture: &str) -> PathBuf {
+    let model: Model = whittle::onnx::load(model_path).unwrap();
+    let runner = Runner::from_model("int8", &model, model_path.parent()).unwrap();
+    let inputs = InputSpec::of_graph(&model.graph).unwrap();
+    let data = common::fixture(&format!("{fixture}.data.npz"));
+    let samples = load_samples(&data, &inputs, &BTreeMap::new(), None).unwrap();
+    let outs = whittle::exec::run_samples(&runner, &samples.samples, 2).unwrap();
+    let mut arrays = Vec::new();
+    for (k, name) in runner.outputs().iter().enumerate() {
+        let first = &outs[0][k];
+        let mut shape = vec![outs.len()];
+        shape.extend(&first.shape);
+        let bytes: Vec<u8> = outs.iter().flat_map(|o| o[k].data.clone()).collect();
+        arrays.push((name.clone(), Array::new(first.dtype, shape, bytes).unwrap()));
+    }
+    let path = model_path.with_extension("tract.npz");
+    write_npz(&path, &arrays);
+    path
+}
+
+/// Must show 1 and 2: onnxruntime turns at least 90% of the quantized
+/// Conv/MatMul/Gemm into integer kernels, and tract's outputs on the int8
+/// model are within one quantization step of onnxruntime's.
+#[test]
+fn int8_models_use_onnxruntime_integer_kernels_and_tract_agrees_within_a_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = common::root().join("configs/int8.yaml");
+    let mut list = String::new();
+    for f in FIXTURES {
+        let out = tmp.path().join(format!("{f}.int8.onnx"));
+        quantize(&config, f, &out, &[]);
+        let tract = tract_outputs(&out, f);
+        let data = common::fixture(&format!("{f}.data.npz"));
+        let _ = writeln!(
+            list,
+            "{}\t{}\t{}",
+            out.display(),
+            data.display(),
+            tract.display()
+        );
+    }
+    let list_path = tmp.path().join("list.txt");
+    std::fs::write(&list_path, &list).unwrap();
+    // mlp's output comes from a float Concat/Reshape after the quantized
+    // region: it is compared with an absolute float tolerance instead.
+    let out = common::run_python(
+        "ort_quant_check.py",
+        &[
+            &list_path,
+            Path::new("--float-tolerance"),
+            Path::new("1e-4"),
+        ],
+    );
+    let (stdout, stderr) = common::text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("ort-quant: {} passed, 0 failed", FIXTURES.len())),
+        "{stdout}\n{stderr}"
+    );
+}
+
+/// The nodes and initializers of a saved model.
+fn load(path: &Path) -> Model {
+    whittle::onnx::load(path).unwrap()
+}
+
+/// Must show 4: under `profile: tensorrt` every zero point is 0, every
+/// quantized consumer reads its own DequantizeLinear, and no bias is int32.
+#[test]
+fn tensorrt_profile_has_zero_zero_points_and_a_pair_per_consumer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = pipeline(tmp.path(), "trt.yaml", "      profile: tensorrt");
+    for f in ["resnet_tiny", "transformer_tiny"] {
+        let out = tmp.path().join(format!("{f}.trt.onnx"));
+        quantize(&config, f, &out, &[]);
+        let m = load(&out);
+        let g = &m.graph;
+        let mut pairs = 0;
+        for (_, n) in g.nodes() {
+            match n.op_type() {
+                "QuantizeLinear" | "DequantizeLinear" => {
+                    let zp = g.initializer(&n.inputs[2]).expect("constant zero point");
+                    assert_eq!(zp.dtype(), DataType::Int8, "{f}: {}", n.label());
+                    let raw = zp.packed_bytes().unwrap();
+                    assert!(
+                        raw.iter().all(|&b| b == 0),
+                        "{f}: {} has a nonzero zero point",
+                        n.label()
+                    );
+                }
+                _ => continue,
+            }
+            if n.op_type() == "DequantizeLinear" && g.producer(&n.inputs[0]).is_some() {
+                // An activation pair: its DQ feeds exactly one consumer (or is a graph output).
+                pairs += 1;
+                let uses = g.uses(&n.outputs[0]).len() + usize::from(g.is_output(&n.outputs[0]));
+                assert_eq!(uses, 1, "{f}: {} is shared by {uses} readers", n.label());
+            }
+        }
+        assert!(pairs > 5, "{f}: only {pairs} activation pairs");
+        assert!(
+            g.initializers()
+                .iter()
+                .all(|t| t.dtype() != DataType::Int32),
+            "{f}: int32 bias under tensorrt"
+        );
+        // Still a faithful model.
+        let v = common::whittle(&[
+            "validate",
+            common::fixture(&format!("{f}.onnx")).to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--data",
+            common::fixture(&format!("{f}.data.npz")).to_str().unwrap(),
+            "--min-sqnr",
+            "25",
+        ]);
+        assert!(v.status.success(), "{f}: {}", common::text(&v).0);
+    }
+}
+
+/// Same data and config give the same bytes whatever the thread count, for
+/// every calibration method; each method gives a usable model (entropy clips
+/// the long tails of this random-weight net's ReLU outputs hard, hence its
+/// lower floor).
+#[test]
+fn calibration_is_deterministic_across_threads_for_every_method() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (method, floor) in [
+        ("minmax", "30"),
+        ("percentile", "30"),
+        ("entropy", "12"),
+        ("mse", "25"),
+    ] {
+        let config = pipeline(
+            tmp.path(),
+            &format!("{method}.yaml"),
+            &format!("      calibration: {{ method: {method} }}"),
+        );
+        let mut bytes = Vec::new();
+        for threads in ["1", "2"] {
+            let out = tmp.path().join(format!("{method}.{threads}.onnx"));
+            quantize(&config, "resnet_tiny", &out, &["--threads", threads]);
+            bytes.push(std::fs::read(&out).unwrap());
+        }
+        assert!(bytes[0] == bytes[1], "{method}: 1 and 2 threads differ");
+        let out = tmp.path().join(format!("{method}.1.onnx"));
+        let v = common::whittle(&[
+            "validate",
+            "fixtures/resnet_tiny.onnx",
+            out.to_str().unwrap(),
+            "--data",
+            "fixtures/resnet_tiny.data.npz",
+            "--min-sqnr",
+            floor,
+        ]);
+        assert!(v.status.success(), "{method}: {}", common::text(&v).0);
+    }
+}
+
+/// Must show 5: bad configs, data and models.
+#[test]
+fn bad_configs_data_and_models_get_clear_errors_or_warnings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.onnx");
+    let data = common::fixture("resnet_tiny.data.npz");
+    let run = |config: &Path, input: &Path, data: &Path| -> Vec<String> {
+        vec![
+            "run".into(),
+            config.display().to_string(),
+            "--input".into(),
+            input.display().to_string(),
+            "--output".into(),
+            out.display().to_string(),
+            "--data".into(),
+            data.display().to_string(),
+        ]
+    };
+    let resnet = common::fixture("resnet_tiny.onnx");
+
+    // An op the pass does not know: the config error names the entry, the
+    // closest op and the supported ones.
+    let bad_op = pipeline(tmp.path(), "op.yaml", "      ops: [Conv, MatMull]");
+    let a = run(&bad_op, &resnet, &data);
+    let e = run_err(&strs(&a));
+    assert!(
+        e.contains("ops[1]") && e.contains("\"MatMul\"") && e.contains("supported:"),
+        "{e}"
+    );
+    assert!(e.contains("op.yaml:"), "{e}");
+
+    // A regex that matches no node: a warning, and the run succeeds.
+    let regex = pipeline(
+        tmp.path(),
+        "re.yaml",
+        "      exclude_nodes: [{ regex: \"^/nothing/\" }]",
+    );
+    let a = run(&regex, &resnet, &data);
+    let stderr = run_ok(&strs(&a));
+    assert!(stderr.contains("matches no node name"), "{stderr}");
+    std::fs::remove_file(&out).unwrap();
+
+    // A node name that does not exist is an error with a suggestion.
+    let name = pipeline(
+        tmp.path(),
+        "name.yaml",
+        "      exclude_nodes: [\"/conv/Conv\"]",
+    );
+    let a = run(&name, &resnet, &data);
+    let e = run_err(&strs(&a));
+    assert!(e.contains("exclude_nodes[0]: no node is named"), "{e}");
+    assert!(!out.exists(), "a failed run wrote output");
+
+    // Calibration data whose shape does not fit the model.
+    let ok = pipeline(
+        tmp.path(),
+        "ok.yaml",
+        "      calibration: { method: minmax }",
+    );
+    let a = run(&ok, &resnet, &common::fixture("mlp.data.npz"));
+    let e = run_err(&strs(&a));
+    assert!(
+        e.contains("calibration data") && e.contains("mlp.data.npz"),
+        "{e}"
+    );
+    assert!(!out.exists(), "a failed run wrote output");
+
+    // A model without float tensors.
+    let mut g = whittle::ir::Graph::new("ints");
+    let int_type = whittle::ir::TypeInfo::tensor(DataType::Int64, vec![whittle::ir::Dim::known(3)]);
+    g.inputs
+        .push(whittle::ir::ValueInfo::new("a", int_type.clone()));
+    g.outputs.push(whittle::ir::ValueInfo::new("b", int_type));
+    g.add_node(whittle::ir::Node::with_io("Relu", "r", &["a"], &["b"]));
+    let ints = tmp.path().join("ints.onnx");
+    whittle::onnx::save(&Model::new(g, 17), &ints, &Default::default()).unwrap();
+    let a = run(&ok, &ints, &data);
+    let e = run_err(&strs(&a));
+    assert!(e.contains("no float32 tensors"), "{e}");
+
+    // An already quantized model.
+    let q = common::fixture("qdq/qdq_per_tensor_int8.onnx");
+    let a = run(
+        &ok,
+        &q,
+        &common::fixture("qdq/qdq_per_tensor_int8.data.npz"),
+    );
+    let e = run_err(&strs(&a));
+    assert!(e.contains("already quantized"), "{e}");
+
+    // An override naming a tensor the pass does not quantize.
+    let ov = pipeline(
+        tmp.path(),
+        "ov.yaml",
+        "      overrides: { logitz: { range: [-1, 1] } }",
+    );
+    let a = run(&ov, &resnet, &data);
+    let e = run_err(&strs(&a));
+    assert!(
+        e.contains("overrides.logitz") && e.contains("did you mean \"logits\""),
+        "{e}"
+    );
+}
