@@ -228,9 +228,7 @@ fn tensorrt_profile_has_zero_zero_points_and_a_pair_per_consumer() {
 }
 
 /// Same data and config give the same bytes whatever the thread count, for
-/// every calibration method; each method gives a usable model (entropy clips
-/// the long tails of this random-weight net's ReLU outputs hard, hence its
-/// lower floor).
+/// every calibration method; each method gives a usable model.
 #[test]
 fn calibration_is_deterministic_across_threads_for_every_method() {
     let tmp = tempfile::tempdir().unwrap();

@@ -295,11 +295,18 @@ def bench_model(name, paths, args, log):
         output = out_dir / f"{stem}.onnx"
         try:
             if label.startswith("onnxruntime"):
-                row["time_s"], messages = quantize_with_ort(model, paths["calib"], output, method)
+                times = []
+                for _ in range(args.repeat):
+                    seconds, messages = quantize_with_ort(model, paths["calib"], output, method)
+                    times.append(seconds)
+                row["time_s"] = statistics.median(times)
                 args.ort_messages.update(dict.fromkeys(messages))
             else:
                 pipeline = WHITTLE_PIPELINES[method]
-                row["time_s"] = quantize_with_whittle(args.whittle, pipeline, model, paths["calib"], output, args.timeout)
+                row["time_s"] = statistics.median(
+                    quantize_with_whittle(args.whittle, pipeline, model, paths["calib"], output, args.timeout)
+                    for _ in range(args.repeat)
+                )
         except Exception as error:  # noqa: BLE001  (any failure becomes the row's note)
             row["error"] = f"{label.split()[0]} failed: {error}"
             rows.append(row)
@@ -369,6 +376,7 @@ def header(args, load_before, load_after):
         f"- load average (1 min) before / after: {load_before:.2f} / {load_after:.2f} (the machine may be shared)",
         f"- versions: {versions()}",
         f"- samples: {args.calib_samples} calibration, {args.heldout_samples} held-out (disjoint seeded draws, batch 1)",
+        f"- quantization time: median of {args.repeat} runs per quantizer\n"
         f"- latency: median of {args.latency_runs} single-sample runs after {args.warmup} warm-up runs, "
         "the variants of a model interleaved; onnxruntime CPU provider, default optimizations (ORT_ENABLE_ALL), 1 thread",
         "- settings: QDQ, int8 per-channel weights, uint8 activations; onnxruntime without quant_pre_process",
@@ -443,6 +451,7 @@ def parse_args():
     parser.add_argument("--heldout-samples", type=int, default=bench_models.HELDOUT_SAMPLES)
     parser.add_argument("--latency-runs", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=3, help="quantize each model this many times; the median time is reported (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per whittle run")
     args = parser.parse_args()
     args.whittle = args.whittle if args.whittle.is_absolute() else Path.cwd() / args.whittle

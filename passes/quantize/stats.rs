@@ -65,10 +65,14 @@ impl Grid {
     }
 }
 
-/// A histogram of `|x|` over `[0, 2^exp)` with a fixed bin count; see the module doc.
+/// A histogram of `|x|` over `[0, 2^exp)` with a fixed bin count; see the
+/// module doc. Exact zeros are counted apart: zero is always on the grid, so
+/// they carry no quantization error, and the spike they make after a Relu
+/// would otherwise dominate the entropy search.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Histogram {
     counts: Vec<u64>,
+    zeros: u64,
     /// `None` until a nonzero value arrives (zeros all land in bin 0 anyway).
     exp: Option<i32>,
 }
@@ -78,6 +82,7 @@ impl Histogram {
     pub fn new(bins: usize) -> Histogram {
         Histogram {
             counts: vec![0; bins],
+            zeros: 0,
             exp: None,
         }
     }
@@ -129,7 +134,9 @@ impl Histogram {
             0.0
         };
         for &v in values {
-            if v.is_finite() {
+            if v == 0.0 {
+                self.zeros += 1;
+            } else if v.is_finite() {
                 let bin = ((f64::from(v.abs()) * per_unit) as usize).min(n - 1);
                 self.counts[bin] += 1;
             }
@@ -148,10 +155,11 @@ impl Histogram {
         for (c, o) in self.counts.iter_mut().zip(&other.counts) {
             *c += o;
         }
+        self.zeros += other.zeros;
     }
 
     fn total(&self) -> u64 {
-        self.counts.iter().sum()
+        self.counts.iter().sum::<u64>() + self.zeros
     }
 }
 
@@ -250,7 +258,7 @@ fn levels_for_magnitude(lo: f64, _hi: f64, grid: &Grid) -> usize {
 fn percentile(h: &Histogram, p: f64) -> f64 {
     let total = h.total();
     let want = (total as f64 * p / 100.0).ceil() as u64;
-    let mut seen = 0u64;
+    let mut seen = h.zeros;
     for (i, &c) in h.counts().iter().enumerate() {
         seen += c;
         if seen >= want {
@@ -418,7 +426,7 @@ mod tests {
         h.add(&[3.0], 3.0);
         assert_eq!(h.top(), 4.0);
         assert_eq!(h.total(), 4);
-        assert_eq!(h.counts()[0], 3);
+        assert_eq!((h.zeros, h.counts()[0]), (1, 2));
         assert_eq!(h.counts()[6], 1);
     }
 
@@ -463,6 +471,19 @@ mod tests {
         let minmax = err(st.range(RangeMethod::MinMax, &I8_SYM));
         let mse = err(st.range(RangeMethod::Mse, &I8_SYM));
         assert!(mse < minmax, "mse {mse} vs minmax {minmax}");
+    }
+
+    #[test]
+    fn entropy_is_not_fooled_by_the_zeros_of_a_relu() {
+        // Half zeros, half a bell's positive side stretched to 8.
+        let data: Vec<f32> = lcg(100_000, 5)
+            .iter()
+            .map(|v| if *v < 0.0 { 0.0 } else { v * 4.0 })
+            .collect();
+        let mut st = TensorStats::new(2048);
+        st.add(&data);
+        let (_, hi) = st.range(RangeMethod::Entropy, &U8);
+        assert!(hi > 0.5 * f64::from(st.max), "clipped at {hi} of {}", st.max);
     }
 
     #[test]
