@@ -4,20 +4,22 @@ From the repository root, after `cargo build --release`:
 
     .venv-export/bin/python bench/quantize/run.py --whittle target/release/whittle
 
-For every model (two seeded PyTorch exports and four committed fixtures, see models.py) it
-quantizes the float model to int8 QDQ with
+For every model (two seeded PyTorch exports, four committed fixtures and four trained models
+from PyPI packages, see models.py and fetch.py) it quantizes the float model to int8 QDQ with
 
 - onnxruntime: quantize_static(QDQ, per-channel int8 weights, uint8 activations, MinMax
   calibration over calib.npz), timed around the call, without quant_pre_process;
 - whittle: `whittle run int8[-METHOD].yaml --input M --output M' --data calib.npz`, one
   subprocess per calibration method (minmax, percentile, entropy, mse), timed around the
-  subprocess;
+  subprocess, and the same with every other pipeline file given to --whittle-configs (by
+  default every other bench/quantize/int8-NAME.yaml, as the row `whittle NAME`);
 
 then runs the float model and every int8 model in onnxruntime (CPU provider, default graph
 optimizations, one thread) over heldout.npz and reports, per (model, quantizer): quantization
 time, file size, SQNR of the first output against the float model, top-1 agreement (when the
 output is class scores), single-sample latency, and how many of the float model's
-Conv/MatMul/Gemm became integer kernels in onnxruntime's optimized graph. The table goes to
+Conv/MatMul/Gemm became integer kernels in onnxruntime's optimized graph, and for whittle the
+share of MACs its report counts as int8. The table goes to
 stdout and to --out (default bench/quantize/results.md). A quantizer that fails on a model
 gets its error in the row; the script exits 1 at the end if anything failed.
 """
@@ -51,6 +53,12 @@ WHITTLE_PIPELINES = {
     "entropy": HERE / "int8-entropy.yaml",
     "mse": HERE / "int8-mse.yaml",
 }
+# Every other int8-NAME.yaml beside this script: an extra whittle row, `whittle NAME`.
+EXTRA_PIPELINES = {
+    path.stem.removeprefix("int8-"): path
+    for path in sorted(HERE.glob("int8-*.yaml"))
+    if path not in WHITTLE_PIPELINES.values()
+}
 ORT_METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "percentile": CalibrationMethod.Percentile,
@@ -78,7 +86,7 @@ class NpzReader(CalibrationDataReader):
     def get_next(self):
         if self.index >= self.count:
             return None
-        sample = {name: array[self.index] for name, array in self.arrays.items()}
+        sample = {name: np.asarray(array[self.index]) for name, array in self.arrays.items()}
         self.index += 1
         return sample
 
@@ -169,7 +177,7 @@ def load_samples(path):
     with np.load(path) as archive:
         arrays = {name: archive[name] for name in archive.files}
     count = len(next(iter(arrays.values())))
-    return [{name: array[i] for name, array in arrays.items()} for i in range(count)]
+    return [{name: np.asarray(array[i]) for name, array in arrays.items()} for i in range(count)]
 
 
 def first_outputs(sess, samples):
