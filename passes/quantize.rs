@@ -1125,3 +1125,62 @@ fn raise_opset(model: &mut Model, needed: i64) -> Result<(), PassError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Attribute, Graph, Node};
+
+    fn model_at(opset: i64, node: Node) -> Model {
+        let mut g = Graph::new("g");
+        g.add_node(node);
+        let mut m = Model::new(g, opset);
+        m.ir_version = Some(6);
+        m
+    }
+
+    #[test]
+    fn opset_is_raised_when_no_op_changed_meaning() {
+        let mut m = model_at(11, Node::with_io("Conv", "c", &["x", "w"], &["y"]));
+        raise_opset(&mut m, 13).unwrap();
+        assert_eq!(m.opset_version(""), Some(13));
+        assert_eq!(m.ir_version, Some(7));
+    }
+
+    #[test]
+    fn opset_is_not_raised_over_an_op_that_changed() {
+        let mut squeeze = Node::with_io("Squeeze", "sq", &["x"], &["y"]);
+        squeeze.set_attr(Attribute::ints("axes", vec![0]));
+        let mut m = model_at(11, squeeze);
+        let e = raise_opset(&mut m, 13).unwrap_err().to_string();
+        assert!(
+            e.contains("Squeeze \"sq\"") && e.contains("changed at opset 13"),
+            "{e}"
+        );
+        assert_eq!(m.opset_version(""), Some(11));
+        // Without the attribute (axes as an input) it is the same op.
+        let mut m = model_at(11, Node::with_io("Squeeze", "sq", &["x"], &["y"]));
+        raise_opset(&mut m, 13).unwrap();
+    }
+
+    #[test]
+    fn profiles_fill_in_defaults_and_explicit_options_win() {
+        let trt: Quantize = parse_config(&serde_json::json!({"profile": "tensorrt"})).unwrap();
+        let s = trt.settings();
+        assert_eq!(
+            (s.act, s.act_symmetric, s.dedicated, s.int32_bias),
+            (QType::Int8, true, true, false)
+        );
+        let ort = Quantize::default().settings();
+        assert_eq!(
+            (ort.act, ort.act_symmetric, ort.dedicated, ort.int32_bias),
+            (QType::Uint8, false, false, true)
+        );
+        let bad = parse_config::<Quantize>(
+            &serde_json::json!({"profile": "tensorrt", "activations": {"dtype": "uint8"}}),
+        );
+        assert_eq!(bad.unwrap_err().field, "activations");
+        let bad = parse_config::<Quantize>(&serde_json::json!({"ops": ["Conv", "Sofmax"]}));
+        assert_eq!(bad.unwrap_err().field, "ops[1]");
+    }
+}
