@@ -53,6 +53,9 @@ pub struct PassReport {
     /// Things the user should know (skipped nodes and why).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Text blocks `whittle run` prints under the pass's line (tables).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub summary: Vec<String>,
 }
 
 impl PassReport {
@@ -77,6 +80,7 @@ impl PassReport {
         }
         self.details.extend(other.details);
         self.warnings.extend(other.warnings);
+        self.summary.extend(other.summary);
     }
 }
 

@@ -50,6 +50,7 @@
 mod calibrate;
 mod plan;
 mod qdq;
+mod sensitivity;
 mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -116,6 +117,39 @@ pub struct Quantize {
     /// Per-tensor overrides, by activation tensor name: `dtype`, `symmetric`,
     /// a fixed `range: [lo, hi]`, or an exact `scale` (and `zero_point`).
     pub overrides: BTreeMap<String, TensorOverride>,
+    /// Accuracy target: measure every quantized node's sensitivity, then keep
+    /// the fewest, most sensitive nodes in float until the target is met on
+    /// the first `target.samples` samples of the data.
+    pub target: Option<Target>,
+    /// Measure and report every node's sensitivity (implied by `target`).
+    pub sensitivity: bool,
+}
+
+/// An accuracy target for the quantized model against the float one; every
+/// given gate must hold for every output.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Target {
+    /// Least signal-to-quantization-noise ratio, in dB.
+    pub min_sqnr_db: Option<f64>,
+    /// Least cosine similarity.
+    pub min_cosine: Option<f64>,
+    /// Least share of rows whose argmax agrees (class-score outputs), 0..1.
+    pub min_top1: Option<f64>,
+    /// Samples (the first ones of the data) the sensitivity analysis and the
+    /// target check run on.
+    pub samples: usize,
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Target {
+            min_sqnr_db: None,
+            min_cosine: None,
+            min_top1: None,
+            samples: 8,
+        }
+    }
 }
 
 impl Default for Quantize {
@@ -133,6 +167,8 @@ impl Default for Quantize {
             fold_activations: true,
             quantize_graph_outputs: true,
             overrides: BTreeMap::new(),
+            target: None,
+            sensitivity: false,
         }
     }
 }
@@ -387,6 +423,31 @@ impl Config for Quantize {
                 ));
             }
         }
+        if let Some(t) = &self.target {
+            if t.min_sqnr_db.is_none() && t.min_cosine.is_none() && t.min_top1.is_none() {
+                return Err(config_error(
+                    "target",
+                    "give at least one of min_sqnr_db, min_cosine, min_top1",
+                ));
+            }
+            if t.samples == 0 {
+                return Err(config_error("target.samples", "must be at least 1"));
+            }
+            if t.min_sqnr_db.is_some_and(|v| !v.is_finite()) {
+                return Err(config_error(
+                    "target.min_sqnr_db",
+                    "must be a finite number of dB",
+                ));
+            }
+            for (v, f) in [(t.min_cosine, "min_cosine"), (t.min_top1, "min_top1")] {
+                if v.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
+                    return Err(config_error(
+                        format!("target.{f}"),
+                        "must be between 0 and 1",
+                    ));
+                }
+            }
+        }
         let s = self.settings();
         if self.profile == Profile::Tensorrt {
             if s.act != QType::Int8 || !s.act_symmetric {
@@ -559,6 +620,7 @@ impl Quantize {
 pub struct NodeFilter {
     include: Vec<Matcher>,
     exclude: Vec<Matcher>,
+    keep_float: BTreeSet<crate::ir::NodeId>,
 }
 
 enum Matcher {
@@ -586,15 +648,19 @@ impl Matcher {
 }
 
 impl NodeFilter {
-    fn new(q: &Quantize) -> NodeFilter {
+    fn new(q: &Quantize, keep_float: BTreeSet<crate::ir::NodeId>) -> NodeFilter {
         NodeFilter {
             include: q.include_nodes.iter().map(Matcher::new).collect(),
             exclude: q.exclude_nodes.iter().map(Matcher::new).collect(),
+            keep_float,
         }
     }
 
     /// Why a node is filtered out, if it is.
-    pub fn rejects(&self, name: &str, role: Role) -> Option<String> {
+    pub fn rejects(&self, id: crate::ir::NodeId, name: &str, role: Role) -> Option<String> {
+        if self.keep_float.contains(&id) {
+            return Some("kept float to meet the accuracy target".into());
+        }
         if let Some(i) = self.exclude.iter().position(|m| m.matches(name)) {
             return Some(format!("excluded by exclude_nodes[{i}]"));
         }
@@ -627,13 +693,7 @@ impl Pass for Quantize {
         let bytes_before = initializer_bytes(&model.graph);
         report.count("initializer_bytes_before", bytes_before);
 
-        let filter = NodeFilter::new(self);
-        let folds = |t: &str| {
-            let o = self.overrides.get(t);
-            !self.grid_of(&s, t).1.symmetric
-                && o.is_none_or(|o| o.scale.is_none() && o.range.is_none())
-        };
-        let mut plan = plan::plan(&model.graph, &s, &filter, &folds)?;
+        let mut plan = self.plan_for(&model.graph, &s, &BTreeSet::new())?;
         self.check_overrides(&plan)?;
         if plan.tensors.is_empty() && plan.weights.is_empty() {
             report.warnings.push(
@@ -650,10 +710,20 @@ impl Pass for Quantize {
         };
         raise_opset(model, needed)?;
 
-        // Calibrate.
+        // Calibrate: the planned tensors, plus every compute node's input and
+        // output (their shapes give the MACs).
         let samples = load_samples(model, ctx, self.calibration.samples, &mut report)?;
         let threads = ctx.threads.unwrap_or_else(crate::exec::default_threads);
-        let observed_names = plan.calibrated();
+        let mut observed_names = plan.calibrated();
+        for (_, n) in model.graph.nodes() {
+            if plan::role(n.op_type()) == Some(Role::Compute) {
+                for v in n.inputs.first().into_iter().chain(n.outputs.first()) {
+                    if !v.is_empty() && !observed_names.contains(v) {
+                        observed_names.push(v.clone());
+                    }
+                }
+            }
+        }
         let observed = calibrate::observe(
             model,
             &observed_names,
@@ -664,10 +734,19 @@ impl Pass for Quantize {
             ctx.progress,
         )?;
         report.count("calibration_samples", samples.len() as i64);
-        drop(samples);
-        let mut stats = BTreeMap::new();
-        let mut not_float = BTreeMap::new();
-        for (name, st) in observed_names.iter().zip(observed.stats) {
+        let mut cal = Measured {
+            stats: BTreeMap::new(),
+            not_float: BTreeMap::new(),
+            shapes: BTreeMap::new(),
+        };
+        for ((name, st), shape) in observed_names
+            .iter()
+            .zip(observed.stats)
+            .zip(observed.shapes)
+        {
+            if let Some(shape) = shape {
+                cal.shapes.insert(name.clone(), shape);
+            }
             match st {
                 Ok(st) => {
                     if st.non_finite > 0 {
@@ -676,16 +755,88 @@ impl Pass for Quantize {
                             st.non_finite
                         ));
                     }
-                    stats.insert(name.clone(), st);
+                    cal.stats.insert(name.clone(), st);
                 }
                 Err(dt) => {
-                    not_float.insert(name.clone(), dt);
+                    cal.not_float.insert(name.clone(), dt);
                 }
             }
         }
-        drop_non_float(&mut plan, &model.graph, &not_float);
+        drop_non_float(&mut plan, &cal.not_float);
 
-        // Ranges and parameters, in plan order (sources before their followers).
+        // Sensitivity and the accuracy target: which compute nodes stay float.
+        let macs = sensitivity::node_macs(&model.graph, &cal.shapes);
+        let mut keep_float = BTreeSet::new();
+        if self.sensitivity || self.target.is_some() {
+            let eval = &samples[..samples.len().min(self.target_samples())];
+            let outcome =
+                sensitivity::analyse(self, &s, model, &plan, &cal, eval, ctx, threads, &macs)?;
+            keep_float = outcome.keep_float.clone();
+            outcome.report(&mut report, self.target.as_ref());
+            if !keep_float.is_empty() {
+                plan = self.plan_for(&model.graph, &s, &keep_float)?;
+                drop_non_float(&mut plan, &cal.not_float);
+            }
+        }
+        drop(samples);
+        let params = self.params_for(&s, &plan, &cal.stats);
+        self.apply(model, &s, &plan, &params, &mut report)?;
+        let int8: u64 = plan
+            .nodes
+            .iter()
+            .filter(|st| st.outcome.is_ok() && st.role == Some(Role::Compute))
+            .filter_map(|st| macs.get(&st.node))
+            .sum();
+        let total: u64 = macs.values().sum();
+        report.count("macs_total", total as i64);
+        report.count("macs_int8", int8 as i64);
+        report.count("nodes_kept_float", keep_float.len() as i64);
+        report_nodes(&plan, &mut report);
+        report.count("initializer_bytes_after", initializer_bytes(&model.graph));
+        Ok(report)
+    }
+}
+
+/// What calibration measured.
+pub struct Measured {
+    /// Statistics of every observed float tensor.
+    pub stats: BTreeMap<String, stats::TensorStats>,
+    /// Observed tensors that turned out not to be float32.
+    pub not_float: BTreeMap<String, DataType>,
+    /// Shapes of the observed tensors in the first sample.
+    pub shapes: BTreeMap<String, Vec<usize>>,
+}
+
+impl Quantize {
+    /// Samples the sensitivity analysis and the target check run on.
+    fn target_samples(&self) -> usize {
+        self.target.as_ref().map_or(8, |t| t.samples)
+    }
+
+    /// The plan, with the nodes in `keep_float` left float as well.
+    fn plan_for(
+        &self,
+        g: &Graph,
+        s: &Settings,
+        keep_float: &BTreeSet<crate::ir::NodeId>,
+    ) -> Result<Plan, PassError> {
+        let filter = NodeFilter::new(self, keep_float.clone());
+        let folds = |t: &str| {
+            let o = self.overrides.get(t);
+            !self.grid_of(s, t).1.symmetric
+                && o.is_none_or(|o| o.scale.is_none() && o.range.is_none())
+        };
+        Ok(plan::plan(g, s, &filter, &folds)?)
+    }
+
+    /// Scale and zero point of every planned tensor, in plan order (sources
+    /// before the data-movement outputs that share them).
+    fn params_for(
+        &self,
+        s: &Settings,
+        plan: &Plan,
+        stats: &BTreeMap<String, stats::TensorStats>,
+    ) -> BTreeMap<String, TensorParams> {
         let mut params: BTreeMap<String, TensorParams> = BTreeMap::new();
         for t in &plan.tensors {
             let p = match &t.range {
@@ -698,7 +849,7 @@ impl Pass for Quantize {
                     p
                 }
                 _ => {
-                    let Some(p) = self.params_of(&s, &t.name, stats.get(&t.name)) else {
+                    let Some(p) = self.params_of(s, &t.name, stats.get(&t.name)) else {
                         continue;
                     };
                     p
@@ -706,11 +857,20 @@ impl Pass for Quantize {
             };
             params.insert(t.name.clone(), p);
         }
+        params
+    }
 
-        // Rewrite.
-        let g = &mut model.graph;
-        let mut ed = qdq::Editor::new(g, s.dedicated);
-        ed.apply_folds(&plan);
+    /// The graph edits, counted in `report`.
+    fn apply(
+        &self,
+        model: &mut Model,
+        s: &Settings,
+        plan: &Plan,
+        params: &BTreeMap<String, TensorParams>,
+        report: &mut PassReport,
+    ) -> Result<(), PassError> {
+        let mut ed = qdq::Editor::new(&mut model.graph, s.dedicated);
+        ed.apply_folds(plan);
         report.count("activations_folded", plan.folds.len() as i64);
         let wgrid = s.weights.grid(s.w_symmetric);
         let mut cache = BTreeMap::new();
@@ -790,9 +950,24 @@ impl Pass for Quantize {
                 ed.g.remove_initializer(name);
             }
         }
-        report_nodes(&plan, &mut report);
-        report.count("initializer_bytes_after", initializer_bytes(&model.graph));
-        Ok(report)
+        Ok(())
+    }
+
+    /// A copy of `original` quantized by `plan` with parameters from `cal`
+    /// (for the sensitivity analysis).
+    fn variant(
+        &self,
+        original: &Model,
+        s: &Settings,
+        keep_float: &BTreeSet<crate::ir::NodeId>,
+        cal: &Measured,
+    ) -> Result<Model, PassError> {
+        let mut m = original.clone();
+        let mut plan = self.plan_for(&m.graph, s, keep_float)?;
+        drop_non_float(&mut plan, &cal.not_float);
+        let params = self.params_for(s, &plan, &cal.stats);
+        self.apply(&mut m, s, &plan, &params, &mut PassReport::default())?;
+        Ok(m)
     }
 }
 
@@ -955,7 +1130,7 @@ fn warn_unfolded_batchnorm(g: &Graph, report: &mut PassReport) {
 
 /// Drops tensors that turned out not to be float32 during calibration, and
 /// the nodes that needed them.
-fn drop_non_float(plan: &mut Plan, g: &Graph, not_float: &BTreeMap<String, DataType>) {
+fn drop_non_float(plan: &mut Plan, not_float: &BTreeMap<String, DataType>) {
     if not_float.is_empty() {
         return;
     }
@@ -983,7 +1158,6 @@ fn drop_non_float(plan: &mut Plan, g: &Graph, not_float: &BTreeMap<String, DataT
             st.outcome = Err(format!("input {t:?} is {dt}, not float32"));
         }
     }
-    let _ = g;
 }
 
 fn report_nodes(plan: &Plan, report: &mut PassReport) {

@@ -287,7 +287,9 @@ fn estimate_macs(g: &Graph) -> (u64, usize) {
     (macs, unknown)
 }
 
-fn node_macs(
+/// Multiply-accumulates of one Conv, ConvTranspose, Gemm or MatMul from the
+/// shapes of its input, weight and output (`None` for other ops or unknown shapes).
+pub fn node_macs(
     n: &crate::ir::Node,
     x: Option<Vec<i64>>,
     w: Option<Vec<i64>>,

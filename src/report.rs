@@ -25,6 +25,11 @@ pub fn pass_line(run: &PassRun) -> String {
         },
         run.seconds
     );
+    for block in &run.report.summary {
+        for l in block.lines() {
+            line.push_str(&format!("\n  {l}"));
+        }
+    }
     for w in &run.report.warnings {
         line.push_str(&format!("\n  warning: {w}"));
     }

@@ -24,6 +24,8 @@ pub struct Observed {
     /// Per requested tensor: its statistics, or the element type it turned
     /// out to have when that is not float32 (such tensors are not quantized).
     pub stats: Vec<Result<TensorStats, DataType>>,
+    /// Per requested tensor: its shape in the first sample.
+    pub shapes: Vec<Option<Vec<usize>>>,
 }
 
 /// Runs `samples` through `model`, observing `tensors`.
@@ -73,7 +75,8 @@ pub fn observe(
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let failure: Mutex<Option<(usize, String)>> = Mutex::new(None);
-    let bar = Progress::new(progress, samples.len());
+    let bar = Progress::new(progress, samples.len(), "calibrating (samples)");
+    let first_shapes: Mutex<Vec<Option<Vec<usize>>>> = Mutex::new(vec![None; tensors.len()]);
     let work = || {
         let mut acc = fresh();
         loop {
@@ -81,6 +84,15 @@ pub fn observe(
             let Some(sample) = samples.get(i) else { break };
             match runner.run(i, sample) {
                 Ok(outputs) => {
+                    if i == 0 {
+                        let mut shapes = first_shapes.lock().unwrap_or_else(|e| e.into_inner());
+                        for (shape, slot) in shapes.iter_mut().zip(&slots) {
+                            *shape = Some(match *slot {
+                                Source::Input(k) => sample[k].shape.clone(),
+                                Source::Output(k) => outputs[k].shape.clone(),
+                            });
+                        }
+                    }
                     for (stat, slot) in acc.iter_mut().zip(&slots) {
                         let a = match *slot {
                             Source::Input(k) => &sample[k],
@@ -124,7 +136,10 @@ pub fn observe(
             }
         }
     }
-    Ok(Observed { stats })
+    Ok(Observed {
+        stats,
+        shapes: first_shapes.into_inner().unwrap_or_else(|e| e.into_inner()),
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -148,22 +163,26 @@ fn add(stat: &mut Result<TensorStats, DataType>, a: &Array) {
 }
 
 /// A one-line progress bar on stderr, drawn only on a terminal.
-struct Progress {
+pub struct Progress {
     on: bool,
     total: usize,
+    what: &'static str,
     drawn: Mutex<usize>,
 }
 
 impl Progress {
-    fn new(on: bool, total: usize) -> Progress {
+    /// A bar for `total` steps of `what`; `on` false draws nothing.
+    pub fn new(on: bool, total: usize, what: &'static str) -> Progress {
         Progress {
             on,
             total,
+            what,
             drawn: Mutex::new(0),
         }
     }
 
-    fn tick(&self, done: usize) {
+    /// `done` steps are finished.
+    pub fn tick(&self, done: usize) {
         if !self.on {
             return;
         }
@@ -175,7 +194,8 @@ impl Progress {
         let width = 30;
         let filled = done * width / self.total.max(1);
         eprint!(
-            "\r  calibrating [{}{}] {done}/{} samples",
+            "\r  {} [{}{}] {done}/{}",
+            self.what,
             "#".repeat(filled),
             " ".repeat(width - filled),
             self.total
@@ -183,9 +203,10 @@ impl Progress {
         let _ = std::io::stderr().flush();
     }
 
-    fn finish(&self) {
+    /// Clears the bar.
+    pub fn finish(&self) {
         if self.on {
-            eprint!("\r{}\r", " ".repeat(60));
+            eprint!("\r{}\r", " ".repeat(80));
             let _ = std::io::stderr().flush();
         }
     }

@@ -299,7 +299,7 @@ pub fn plan(
             p.nodes.push(status(Err(format!("{op} is not in `ops`"))));
             continue;
         }
-        if let Some(why) = filter.rejects(n.name(), role) {
+        if let Some(why) = filter.rejects(id, n.name(), role) {
             p.nodes.push(status(Err(why)));
             continue;
         }

@@ -483,7 +483,11 @@ mod tests {
         let mut st = TensorStats::new(2048);
         st.add(&data);
         let (_, hi) = st.range(RangeMethod::Entropy, &U8);
-        assert!(hi > 0.5 * f64::from(st.max), "clipped at {hi} of {}", st.max);
+        assert!(
+            hi > 0.5 * f64::from(st.max),
+            "clipped at {hi} of {}",
+            st.max
+        );
     }
 
     #[test]
