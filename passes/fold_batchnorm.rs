@@ -12,6 +12,9 @@
 //! is axis 1 of W (per group); for Gemm it is the column of `B` (the row when
 //! `transB = 1`), and `C' = (β_gemm · C − μ) · s + β` with `beta` set to 1.
 //!
+//! Constant nodes holding a tensor become initializers first (exporters such
+//! as PaddlePaddle's write weights that way), so they fold like any weight.
+//!
 //! Preconditions, else the pair is left alone (and the report says why): the
 //! BatchNormalization is in inference mode (one output), its scale, bias,
 //! mean and variance are f32 initializers of one value per channel, the
@@ -75,6 +78,11 @@ impl Pass for FoldBatchnorm {
     fn run(&self, model: &mut Model, _ctx: &super::PassContext) -> Result<PassReport, PassError> {
         let mut report =
             PassReport::with_counters(&["folded", "nodes_removed", "initializers_changed"]);
+        // Weights exported as Constant nodes fold like initializers.
+        report.count(
+            "constants_hoisted",
+            super::hoist_constants(&mut model.graph) as i64,
+        );
         fold_graph(&mut model.graph, self, &mut report)?;
         Ok(report)
     }

@@ -112,6 +112,33 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// Turns Constant nodes holding a tensor into initializers, so that weights
+/// exporters emit as Constant nodes (PaddlePaddle, some PyTorch exports) are
+/// quantized and folded as weights rather than treated as activations. Exact.
+/// Returns how many were hoisted.
+pub fn hoist_constants(g: &mut crate::ir::Graph) -> usize {
+    let constants: Vec<_> = g
+        .nodes()
+        .filter(|(_, n)| n.op_type() == "Constant" && n.domain().is_empty() && n.outputs.len() == 1)
+        .filter_map(|(id, n)| match n.attributes.as_slice() {
+            [a] if a.name() == "value" => match &a.value {
+                crate::ir::AttrValue::Tensor(t) => Some((id, n.outputs[0].clone(), t.clone())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .filter(|(_, out, _)| !g.is_output(out))
+        .collect();
+    let count = constants.len();
+    for (id, out, t) in constants {
+        g.remove_node(id);
+        let mut t = *t;
+        t.name = Some(out);
+        g.add_initializer(t);
+    }
+    count
+}
+
 /// A registered pass.
 pub struct PassInfo {
     /// Its YAML name (kebab-case).

@@ -688,6 +688,10 @@ impl Pass for Quantize {
             "calibration_samples",
         ]);
         check_model(model)?;
+        report.count(
+            "constants_hoisted",
+            super::hoist_constants(&mut model.graph) as i64,
+        );
         self.check_node_names(&model.graph, &mut report)?;
         warn_unfolded_batchnorm(&model.graph, &mut report);
         let bytes_before = initializer_bytes(&model.graph);
@@ -708,7 +712,6 @@ impl Pass for Quantize {
         } else {
             10
         };
-        raise_opset(model, needed)?;
 
         // Calibrate: the planned tensors, plus every compute node's input and
         // output (their shapes give the MACs).
@@ -716,8 +719,10 @@ impl Pass for Quantize {
         let threads = ctx.threads.unwrap_or_else(crate::exec::default_threads);
         let mut observed_names = plan.calibrated();
         for (_, n) in model.graph.nodes() {
-            if plan::role(n.op_type()) == Some(Role::Compute) {
-                for v in n.inputs.first().into_iter().chain(n.outputs.first()) {
+            let shape_only = matches!(n.op_type(), "Softmax" | "LogSoftmax" | "Hardmax");
+            if plan::role(n.op_type()) == Some(Role::Compute) || shape_only {
+                let output = n.outputs.first().filter(|_| !shape_only);
+                for v in n.inputs.first().into_iter().chain(output) {
                     if !v.is_empty() && !observed_names.contains(v) {
                         observed_names.push(v.clone());
                     }
@@ -763,6 +768,10 @@ impl Pass for Quantize {
             }
         }
         drop_non_float(&mut plan, &cal.not_float);
+        report.count(
+            "ops_upgraded",
+            raise_opset(model, needed, &cal.shapes)? as i64,
+        );
 
         // Sensitivity and the accuracy target: which compute nodes stay float.
         let macs = sensitivity::node_macs(&model.graph, &cal.shapes);
@@ -1255,36 +1264,100 @@ const BREAKING: &[(&str, i64, &str)] = &[
     ),
 ];
 
-/// Raises the default-domain opset to `needed` when no op changes meaning.
-fn raise_opset(model: &mut Model, needed: i64) -> Result<(), PassError> {
+/// What raising the opset does to one node.
+enum Upgrade {
+    /// Nothing changes.
+    Same,
+    /// Move the attribute `attr` (ints) into a new int64 input.
+    AttrToInput(&'static str),
+}
+
+/// Raises the default-domain opset to `needed`. Ops whose meaning changed in
+/// between are upgraded where that is exact (an `axes`/`split` attribute
+/// becomes an input; a Softmax over the last axis, whose rank calibration
+/// saw, is the same op); any other change stops the pass, naming the node.
+fn raise_opset(
+    model: &mut Model,
+    needed: i64,
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> Result<usize, PassError> {
     let have = model.opset_version("").unwrap_or(1);
     if have >= needed {
-        return Ok(());
+        return Ok(0);
     }
-    for (_, n) in model.graph.nodes() {
+    let mut upgrades = Vec::new();
+    for (id, n) in model.graph.nodes() {
         if !n.domain().is_empty() && n.domain() != "ai.onnx" {
             continue;
         }
         let op = n.op_type();
-        let changed = BREAKING
+        let Some((_, v, what)) = BREAKING
             .iter()
-            .find(|(o, v, _)| *o == op && *v > have && *v <= needed);
-        let harmless = match op {
-            // Only the attribute form changed.
-            "Squeeze" | "Unsqueeze" | "ReduceSum" => n.attr("axes").is_none(),
-            "Split" => n.attr("split").is_none(),
-            "Softmax" | "LogSoftmax" | "Hardmax" => n.attr_int("axis") == Some(-1),
-            "Clip" => n.attr("min").is_none() && n.attr("max").is_none(),
-            "Dropout" => n.attr("ratio").is_none(),
-            _ => false,
+            .find(|(o, v, _)| *o == op && *v > have && *v <= needed)
+        else {
+            continue;
         };
-        if let (Some((_, v, what)), false) = (changed, harmless) {
-            return Err(PassError::Node {
-                node: n.label(),
-                message: format!(
-                    "the quantized model needs opset {needed} (the model imports {have}), but {op} changed at opset {v} ({what}); convert the model to opset {needed} first (onnx.version_converter), or set weights.per_channel: false (opset 10)"
-                ),
+        let upgrade = match op {
+            "Squeeze" | "Unsqueeze" | "ReduceSum" if n.attr("axes").is_none() => {
+                Some(Upgrade::Same)
+            }
+            "Squeeze" | "Unsqueeze" | "ReduceSum" => {
+                n.attr_ints("axes").map(|_| Upgrade::AttrToInput("axes"))
+            }
+            "Split" if n.attr("split").is_none() => Some(Upgrade::Same),
+            "Split" => n.attr_ints("split").map(|_| Upgrade::AttrToInput("split")),
+            "Softmax" | "LogSoftmax" | "Hardmax" => {
+                let axis = n.attr_int("axis").unwrap_or(1);
+                let rank = n.inputs.first().and_then(|x| shapes.get(x)).map(Vec::len);
+                let last = match rank {
+                    Some(r) => axis == -1 || axis == r as i64 - 1,
+                    None => axis == -1,
+                };
+                last.then_some(Upgrade::Same)
+            }
+            "Clip" if n.attr("min").is_none() && n.attr("max").is_none() => Some(Upgrade::Same),
+            "Dropout" if n.attr("ratio").is_none() => Some(Upgrade::Same),
+            _ => None,
+        };
+        match upgrade {
+            Some(u) => upgrades.push((id, u)),
+            None => {
+                return Err(PassError::Node {
+                    node: n.label(),
+                    message: format!(
+                        "the quantized model needs opset {needed} (the model imports {have}), but {op} changed at opset {v} ({what}) and whittle cannot upgrade this node exactly; convert the model to opset {needed} first (onnx.version_converter), or set weights.per_channel: false (opset 10)"
+                    ),
+                })
+            }
+        }
+    }
+    let mut changed = 0;
+    for (id, u) in upgrades {
+        if let Upgrade::AttrToInput(attr) = u {
+            let g = &mut model.graph;
+            let n = g.node(id);
+            let values: Vec<i64> = n.attr_ints(attr).unwrap_or(&[]).to_vec();
+            let base = if n.name().is_empty() {
+                n.outputs[0].clone()
+            } else {
+                n.name().to_string()
+            };
+            let name = g.unique_name(&format!("{base}_{attr}"));
+            let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            g.add_initializer(crate::ir::Tensor::from_raw(
+                &name,
+                DataType::Int64,
+                vec![values.len() as i64],
+                bytes::Bytes::from(raw),
+            ));
+            g.update_node(id, |n| {
+                n.attributes.retain(|a| a.name() != attr);
+                // The new input follows the data input (Squeeze, Unsqueeze,
+                // ReduceSum, Split all take it second).
+                n.inputs.truncate(1);
+                n.inputs.push(name);
             });
+            changed += 1;
         }
     }
     for o in &mut model.opset_import {
@@ -1297,7 +1370,7 @@ fn raise_opset(model: &mut Model, needed: i64) -> Result<(), PassError> {
     if model.ir_version.is_some_and(|v| v < ir) {
         model.ir_version = Some(ir);
     }
-    Ok(())
+    Ok(changed)
 }
 
 #[cfg(test)]
@@ -1316,25 +1389,39 @@ mod tests {
     #[test]
     fn opset_is_raised_when_no_op_changed_meaning() {
         let mut m = model_at(11, Node::with_io("Conv", "c", &["x", "w"], &["y"]));
-        raise_opset(&mut m, 13).unwrap();
+        raise_opset(&mut m, 13, &BTreeMap::new()).unwrap();
         assert_eq!(m.opset_version(""), Some(13));
         assert_eq!(m.ir_version, Some(7));
     }
 
     #[test]
-    fn opset_is_not_raised_over_an_op_that_changed() {
+    fn opset_raising_upgrades_what_it_can_and_names_what_it_cannot() {
+        // Squeeze's axes attribute becomes an int64 input.
         let mut squeeze = Node::with_io("Squeeze", "sq", &["x"], &["y"]);
-        squeeze.set_attr(Attribute::ints("axes", vec![0]));
+        squeeze.set_attr(Attribute::ints("axes", vec![0, 2]));
         let mut m = model_at(11, squeeze);
-        let e = raise_opset(&mut m, 13).unwrap_err().to_string();
+        assert_eq!(raise_opset(&mut m, 13, &BTreeMap::new()).unwrap(), 1);
+        let (_, n) = m.graph.nodes().next().unwrap();
+        assert!(n.attr("axes").is_none());
+        let axes = m.graph.initializer(&n.inputs[1]).unwrap();
+        assert_eq!(
+            (axes.dtype(), axes.dims.clone()),
+            (DataType::Int64, vec![2])
+        );
+        // A Softmax over the last axis of a rank-2 input is the same op.
+        let mut m = model_at(11, Node::with_io("Softmax", "sm", &["x"], &["y"]));
+        let shapes = BTreeMap::from([("x".to_string(), vec![1, 2])]);
+        raise_opset(&mut m, 13, &shapes).unwrap();
+        assert_eq!(m.opset_version(""), Some(13));
+        // Over axis 1 of a rank-3 input it is not: nothing changes.
+        let mut m = model_at(11, Node::with_io("Softmax", "sm", &["x"], &["y"]));
+        let shapes = BTreeMap::from([("x".to_string(), vec![1, 2, 3])]);
+        let e = raise_opset(&mut m, 13, &shapes).unwrap_err().to_string();
         assert!(
-            e.contains("Squeeze \"sq\"") && e.contains("changed at opset 13"),
+            e.contains("Softmax \"sm\"") && e.contains("changed at opset 13"),
             "{e}"
         );
         assert_eq!(m.opset_version(""), Some(11));
-        // Without the attribute (axes as an input) it is the same op.
-        let mut m = model_at(11, Node::with_io("Squeeze", "sq", &["x"], &["y"]));
-        raise_opset(&mut m, 13).unwrap();
     }
 
     #[test]

@@ -804,6 +804,9 @@ pub fn check_sample(
                         a.shape
                     ))
                 }
+                // "?" is how some exporters (PaddlePaddle) write an unknown dim:
+                // anonymous, not one symbol shared by every such axis.
+                DimValue::Symbol(s) if s == "?" => {}
                 DimValue::Symbol(s) => {
                     if let Some(&p) = dims.get(s) {
                         if p != n {
