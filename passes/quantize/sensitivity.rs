@@ -140,6 +140,7 @@ pub fn analyse(
     plan: &Plan,
     cal: &Measured,
     eval: &[Sample],
+    check: &[Sample],
     ctx: &PassContext,
     threads: usize,
     macs: &BTreeMap<NodeId, u64>,
@@ -147,14 +148,18 @@ pub fn analyse(
     let dir = ctx.model_dir.as_deref();
     let fail = |e: crate::exec::ExecError| PassError::Model(format!("sensitivity analysis: {e}"));
     let float = Runner::from_model("float model", model, dir).map_err(fail)?;
-    let reference = run_samples(&float, eval, threads).map_err(fail)?;
+    let reference = run_samples(&float, check, threads).map_err(fail)?;
     drop(float);
-    let evaluate = |keep: &BTreeSet<NodeId>, threads: usize| -> Result<Score, PassError> {
-        let m = q.variant(model, s, keep, cal)?;
-        let r = Runner::from_model("quantized variant", &m, dir).map_err(fail)?;
-        let got = run_samples(&r, eval, threads).map_err(fail)?;
-        Ok(score(&reference, &got))
-    };
+    // Variants run once: tract's optimisation would cost more than it saves.
+    let evaluate =
+        |keep: &BTreeSet<NodeId>, samples: &[Sample], threads: usize| -> Result<Score, PassError> {
+            let m = q.variant(model, s, keep, cal)?;
+            let r = Runner::from_model("quantized variant", &m, dir)
+                .map_err(fail)?
+                .without_optimization();
+            let got = run_samples(&r, samples, threads).map_err(fail)?;
+            Ok(score(&reference[..samples.len()], &got))
+        };
 
     let units: Vec<(NodeId, String)> = plan
         .nodes
@@ -174,7 +179,7 @@ pub fn analyse(
         super::calibrate::Progress::new(ctx.progress, jobs.len(), "measuring sensitivity");
     let done = std::sync::atomic::AtomicUsize::new(0);
     let scores: Vec<Result<Score, PassError>> = parallel_map(&jobs, threads, |_, keep| {
-        let r = evaluate(keep, 1);
+        let r = evaluate(keep, eval, 1);
         progress.tick(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
         r
     });
@@ -203,7 +208,14 @@ pub fn analyse(
     let mut evaluations = jobs.len();
     let (mut keep_float, mut chosen, mut met) = (BTreeSet::new(), full, true);
     if let Some(t) = &q.target {
-        met = full.meets(t);
+        // The decision is checked on all the data, the ranking on the first samples.
+        chosen = if check.len() > eval.len() {
+            evaluations += 1;
+            evaluate(&BTreeSet::new(), check, threads)?
+        } else {
+            full
+        };
+        met = chosen.meets(t);
         if !met {
             // Bisection for the smallest k whose top-k-float model meets the
             // target: k = lo fails, k = hi is assumed to meet until measured.
@@ -212,7 +224,7 @@ pub fn analyse(
             let mut at_hi: Option<Score> = None;
             while hi - lo > 1 {
                 let mid = (lo + hi) / 2;
-                let sc = evaluate(&top(mid), threads)?;
+                let sc = evaluate(&top(mid), check, threads)?;
                 evaluations += 1;
                 if sc.meets(t) {
                     hi = mid;
@@ -225,7 +237,7 @@ pub fn analyse(
                 Some(sc) => sc,
                 None => {
                     evaluations += 1;
-                    evaluate(&top(hi), threads)?
+                    evaluate(&top(hi), check, threads)?
                 }
             };
             keep_float = top(hi);

@@ -126,6 +126,9 @@ pub struct Runner {
     /// Node name (as tract names nodes) -> ONNX op type, to name ops in
     /// tract's messages, which use its own op names (`Reduce13`).
     ops: BTreeMap<String, String>,
+    /// Optimise plans for speed (tract's declutter and codegen). Off for
+    /// models run once on a few samples, where optimising costs more than it saves.
+    optimize: bool,
     state: Mutex<Plans>,
 }
 
@@ -327,11 +330,20 @@ impl Runner {
             outputs,
             if_nodes,
             ops,
+            optimize: true,
             state: Mutex::new(Plans {
                 inference,
                 plans: BTreeMap::new(),
             }),
         })
+    }
+
+    /// Runs the typed model as it is, without tract's optimisation: for
+    /// models run once on a few samples (sensitivity analysis variants),
+    /// where optimising costs more time than it saves.
+    pub fn without_optimization(mut self) -> Runner {
+        self.optimize = false;
+        self
     }
 
     /// The model's name in messages.
@@ -378,9 +390,14 @@ impl Runner {
             let typed: TypedModel = model.into_typed().map_err(|e| self.typing_error(&e))?;
             // Optimisation only rewrites for speed; when it trips, run the
             // typed model as it is.
-            let runnable = match typed.clone().into_optimized() {
-                Ok(optimized) => optimized.into_runnable(),
-                Err(_) => typed.into_runnable(),
+            let optimized = if self.optimize {
+                typed.clone().into_optimized().ok()
+            } else {
+                None
+            };
+            let runnable = match optimized {
+                Some(optimized) => optimized.into_runnable(),
+                None => typed.into_runnable(),
             };
             runnable.map_err(|e| self.typing_error(&e))
         }))
