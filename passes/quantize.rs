@@ -38,6 +38,17 @@
 //! 10 otherwise) when no op of the model changed meaning in between; else the
 //! pass stops and names the op. Subgraphs (If/Loop bodies) are left float.
 //!
+//! Before planning, Constant nodes holding tensors become initializers (so
+//! weights exported that way are quantized as weights), and after
+//! calibration an opset below 13 is raised where that is exact (an
+//! `axes`/`split` attribute becomes an input; a last-axis Softmax is unchanged).
+//!
+//! With `target` (or `sensitivity: true`), every quantized compute node is
+//! measured against the float model with variant models in tract (only it
+//! quantized; everything but it quantized), ranked, and the fewest
+//! top-ranked nodes stay float until the target holds on the calibration
+//! data (see `sensitivity.rs`); the report gives the int8 share of MACs.
+//!
 //! Profiles: `onnxruntime` (the defaults: uint8 asymmetric activations, int8
 //! symmetric per-channel weights, int32 biases, shared pairs) and `tensorrt`
 //! (int8 symmetric everywhere so every zero point is 0, a pair per consumer,
@@ -119,7 +130,7 @@ pub struct Quantize {
     pub overrides: BTreeMap<String, TensorOverride>,
     /// Accuracy target: measure every quantized node's sensitivity, then keep
     /// the fewest, most sensitive nodes in float until the target is met on
-    /// the first `target.samples` samples of the data.
+    /// the calibration data.
     pub target: Option<Target>,
     /// Measure and report every node's sensitivity (implied by `target`).
     pub sensitivity: bool,

@@ -47,6 +47,26 @@ fn flatten(prefix: &str, schema: &Value, default: Option<&Value>, out: &mut Vec<
             flatten(&path, prop, own_default, out);
             continue;
         }
+        // An optional section (`Option<Struct>`: anyOf [object, null]) lists
+        // its fields too, under its own line.
+        let section = prop
+            .get("anyOf")
+            .and_then(Value::as_array)
+            .and_then(|alts| alts.iter().find(|a| a.get("properties").is_some()));
+        if let Some(section) = section {
+            out.push(OptionDoc {
+                path: path.clone(),
+                ty: "section (absent: off)".into(),
+                default: own_default.map(short).unwrap_or_default(),
+                doc: prop
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .replace('\n', " "),
+            });
+            flatten(&path, section, None, out);
+            continue;
+        }
         out.push(OptionDoc {
             path,
             ty: type_name(prop),
