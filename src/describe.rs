@@ -47,29 +47,18 @@ fn flatten(prefix: &str, schema: &Value, default: Option<&Value>, out: &mut Vec<
             flatten(&path, prop, own_default, out);
             continue;
         }
-        // An optional section (`Option<Struct>`: anyOf [object, null]) lists
-        // its fields too, under its own line.
+        // An optional section (`Option<Struct>`: anyOf [object, null]) gets
+        // its own line, then its fields.
         let section = prop
             .get("anyOf")
             .and_then(Value::as_array)
             .and_then(|alts| alts.iter().find(|a| a.get("properties").is_some()));
-        if let Some(section) = section {
-            out.push(OptionDoc {
-                path: path.clone(),
-                ty: "section (absent: off)".into(),
-                default: own_default.map(short).unwrap_or_default(),
-                doc: prop
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .replace('\n', " "),
-            });
-            flatten(&path, section, None, out);
-            continue;
-        }
         out.push(OptionDoc {
-            path,
-            ty: type_name(prop),
+            path: path.clone(),
+            ty: match section {
+                Some(_) => "section (absent: off)".into(),
+                None => type_name(prop),
+            },
             default: own_default.map(short).unwrap_or_default(),
             doc: prop
                 .get("description")
@@ -77,6 +66,9 @@ fn flatten(prefix: &str, schema: &Value, default: Option<&Value>, out: &mut Vec<
                 .unwrap_or("")
                 .replace('\n', " "),
         });
+        if let Some(section) = section {
+            flatten(&path, section, None, out);
+        }
     }
 }
 
