@@ -70,6 +70,30 @@ fn quantize(config: &Path, fixture: &str, out: &Path, extra: &[&str]) -> String 
     run_ok(&args)
 }
 
+/// `whittle validate` of `model` against fixture `fixture` on the fixture's
+/// data passes a `--min-sqnr DB` gate.
+fn assert_sqnr_at_least(fixture: &str, model: &Path, db: &str) {
+    let v = common::whittle(&[
+        "validate",
+        common::fixture(&format!("{fixture}.onnx"))
+            .to_str()
+            .unwrap(),
+        model.to_str().unwrap(),
+        "--data",
+        common::fixture(&format!("{fixture}.data.npz"))
+            .to_str()
+            .unwrap(),
+        "--min-sqnr",
+        db,
+    ]);
+    assert!(
+        v.status.success(),
+        "{}: {}",
+        model.display(),
+        common::text(&v).0
+    );
+}
+
 /// Writes `arrays` as an uncompressed .npz (numpy's own layout, little-endian f32/other).
 fn write_npz(path: &Path, arrays: &[(String, Array)]) {
     let file = std::fs::File::create(path).unwrap();
@@ -214,16 +238,7 @@ fn tensorrt_profile_has_zero_zero_points_and_a_pair_per_consumer() {
             "{f}: int32 bias under tensorrt"
         );
         // Still a faithful model.
-        let v = common::whittle(&[
-            "validate",
-            common::fixture(&format!("{f}.onnx")).to_str().unwrap(),
-            out.to_str().unwrap(),
-            "--data",
-            common::fixture(&format!("{f}.data.npz")).to_str().unwrap(),
-            "--min-sqnr",
-            "25",
-        ]);
-        assert!(v.status.success(), "{f}: {}", common::text(&v).0);
+        assert_sqnr_at_least(f, &out, "25");
     }
 }
 
@@ -250,17 +265,11 @@ fn calibration_is_deterministic_across_threads_for_every_method() {
             bytes.push(std::fs::read(&out).unwrap());
         }
         assert!(bytes[0] == bytes[1], "{method}: 1 and 2 threads differ");
-        let out = tmp.path().join(format!("{method}.1.onnx"));
-        let v = common::whittle(&[
-            "validate",
-            "fixtures/resnet_tiny.onnx",
-            out.to_str().unwrap(),
-            "--data",
-            "fixtures/resnet_tiny.data.npz",
-            "--min-sqnr",
+        assert_sqnr_at_least(
+            "resnet_tiny",
+            &tmp.path().join(format!("{method}.1.onnx")),
             floor,
-        ]);
-        assert!(v.status.success(), "{method}: {}", common::text(&v).0);
+        );
     }
 }
 
@@ -414,16 +423,7 @@ fn an_accuracy_target_keeps_the_most_sensitive_nodes_float() {
     }
     assert!(bytes[0] == bytes[1], "two runs differ");
     // The target holds on the data it was chosen on, measured independently.
-    let v = common::whittle(&[
-        "validate",
-        "fixtures/resnet_tiny.onnx",
-        tmp.path().join("t0.onnx").to_str().unwrap(),
-        "--data",
-        "fixtures/resnet_tiny.data.npz",
-        "--min-sqnr",
-        "42",
-    ]);
-    assert!(v.status.success(), "{}", common::text(&v).0);
+    assert_sqnr_at_least("resnet_tiny", &tmp.path().join("t0.onnx"), "42");
 
     // A target without a gate is a config error.
     let bad = pipeline(tmp.path(), "bad.yaml", "      target: { samples: 4 }");

@@ -79,6 +79,8 @@ pub fn observe(
     let first_shapes: Mutex<Vec<Option<Vec<usize>>>> = Mutex::new(vec![None; tensors.len()]);
     let work = || {
         let mut acc = fresh();
+        // One conversion buffer per thread, reused for every tensor.
+        let mut values: Vec<f32> = Vec::new();
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(sample) = samples.get(i) else { break };
@@ -98,7 +100,7 @@ pub fn observe(
                             Source::Input(k) => &sample[k],
                             Source::Output(k) => &outputs[k],
                         };
-                        add(stat, a);
+                        add(stat, a, &mut values);
                     }
                 }
                 Err(e) => {
@@ -148,18 +150,19 @@ enum Source {
     Output(usize),
 }
 
-fn add(stat: &mut Result<TensorStats, DataType>, a: &Array) {
+fn add(stat: &mut Result<TensorStats, DataType>, a: &Array, values: &mut Vec<f32>) {
     let Ok(st) = stat else { return };
     if a.dtype != DataType::Float {
         *stat = Err(a.dtype);
         return;
     }
-    let values: Vec<f32> = a
-        .data
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    st.add(&values);
+    values.clear();
+    values.extend(
+        a.data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+    );
+    st.add(values);
 }
 
 /// A one-line progress bar on stderr, drawn only on a terminal.

@@ -130,11 +130,10 @@ pub struct PlannedBias {
     pub name: String,
     /// The activation input whose scale multiplies the weight's.
     pub input: String,
-    /// Index of the node's weight in [`Plan::weights`].
+    /// Index of the node's weight in [`Plan::weights`]. A ConvTranspose
+    /// with groups has `group` times more bias channels than weight scales;
+    /// bias channel `c` takes scale `c % scales`.
     pub weight: usize,
-    /// Channels per weight scale (ConvTranspose with groups repeats the
-    /// weight's per-channel scales `group` times).
-    pub repeat: usize,
 }
 
 /// A Relu or Clip removed because the quantized range does its work.
@@ -359,7 +358,7 @@ pub fn plan(
         };
         p.nodes.push(status(outcome));
     }
-    prune(g, s, &mut p);
+    prune(g, &mut p);
     Ok(p)
 }
 
@@ -370,7 +369,7 @@ pub fn plan(
 /// producer keeps an integer kernel without the output Q (MatMulIntegerToFloat,
 /// QGemm with float output); the Softmax output is quantized as usual where a
 /// quantized op reads it.
-fn prune(g: &Graph, _s: &Settings, p: &mut Plan) {
+fn prune(g: &Graph, p: &mut Plan) {
     let quantized: BTreeSet<NodeId> = p
         .nodes
         .iter()
@@ -497,18 +496,12 @@ fn compute(
         });
         match (bias_ok, &weight) {
             (Some(_), Some((wi, _))) if s.int32_bias => {
-                let repeat = if op == "ConvTranspose" && p.weights[*wi].axis.is_some() {
-                    n.attr_int("group").unwrap_or(1).max(1) as usize
-                } else {
-                    1
-                };
                 p.biases.push(PlannedBias {
                     node: id,
                     slot: 2,
                     name: b.to_string(),
                     input: x.to_string(),
                     weight: *wi,
-                    repeat,
                 });
                 what.push("bias int32".into());
             }
