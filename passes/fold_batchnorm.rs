@@ -21,7 +21,8 @@
 //! producer's weight (and bias) are f32 initializers, and the producer's
 //! output feeds nothing but the BatchNormalization and is not a graph output.
 //! A weight shared with other nodes gets a new initializer; an unshared one
-//! is replaced in place.
+//! is replaced in place. The BatchNormalization's own parameters are removed
+//! when nothing else reads them.
 //!
 //! Exactness: the same real-number function; the folded weights are computed
 //! in f64 and rounded once to f32, so outputs differ from the original by
@@ -86,6 +87,13 @@ impl Pass for FoldBatchnorm {
         fold_graph(&mut model.graph, self, &mut report)?;
         Ok(report)
     }
+}
+
+/// Folds every foldable BatchNormalization of `g` (and its subgraphs) with
+/// the default options, counting into `report` (`folded`, `nodes_removed`,
+/// warnings for pairs left alone). Used by `quantize` before planning.
+pub fn fold_all(g: &mut Graph, report: &mut PassReport) -> Result<(), PassError> {
+    fold_graph(g, &FoldBatchnorm::default(), report)
 }
 
 fn fold_graph(
@@ -356,7 +364,20 @@ fn apply(g: &mut Graph, bn: NodeId, p: Plan, report: &mut PassReport) -> Result<
 
     // Rewire: the producer writes the BatchNormalization's output directly.
     let y = g.node(bn).outputs[0].clone();
+    let params: Vec<String> = g.node(bn).inputs.iter().skip(1).cloned().collect();
     g.remove_node(bn);
+    // Its scale, bias, mean and variance, unless something else reads them.
+    for name in params {
+        if g.initializer(&name).is_some()
+            && g.uses(&name).is_empty()
+            && !g.is_input(&name)
+            && !g.is_output(&name)
+            && !captured(g, &name)
+        {
+            g.remove_initializer(&name);
+            report.count("initializers_removed", 1);
+        }
+    }
     g.update_node(p.producer, |n| {
         n.inputs[1] = new_w.clone();
         if n.inputs.len() < 3 {
@@ -369,6 +390,16 @@ fn apply(g: &mut Graph, bn: NodeId, p: Plan, report: &mut PassReport) -> Result<
         }
     });
     Ok(())
+}
+
+/// True when a subgraph of `g` reads `name` from the enclosing scope.
+fn captured(g: &Graph, name: &str) -> bool {
+    g.nodes().any(|(_, n)| {
+        n.attributes
+            .iter()
+            .flat_map(|a| a.graphs())
+            .any(|sub| sub.outer_references().contains(name))
+    })
 }
 
 /// The initializer name to write: the same one when only `user` reads it,

@@ -15,7 +15,7 @@ use crate::data::{Array, Sample};
 use crate::exec::Runner;
 use crate::ir::{DataType, Model, ValueInfo};
 
-use super::stats::TensorStats;
+use super::stats::{ChannelSums, TensorStats};
 use crate::passes::PassError;
 
 /// What calibration saw.
@@ -28,10 +28,13 @@ pub struct Observed {
     pub shapes: Vec<Option<Vec<usize>>>,
 }
 
-/// Runs `samples` through `model`, observing `tensors`.
+/// Runs `samples` through `model`, observing `tensors` (and the per-channel
+/// sums along the axis `channel_axes` gives a tensor).
+#[allow(clippy::too_many_arguments)]
 pub fn observe(
     model: &Model,
     tensors: &[String],
+    channel_axes: &std::collections::BTreeMap<String, usize>,
     samples: &[Sample],
     dir: Option<&std::path::Path>,
     threads: usize,
@@ -68,8 +71,13 @@ pub fn observe(
     drop(probe);
 
     let fresh = || -> Vec<Result<TensorStats, DataType>> {
-        (0..tensors.len())
-            .map(|_| Ok(TensorStats::new(bins)))
+        tensors
+            .iter()
+            .map(|t| {
+                let mut st = TensorStats::new(bins);
+                st.channels = channel_axes.get(t).map(|&a| ChannelSums::new(a));
+                Ok(st)
+            })
             .collect()
     };
     let next = AtomicUsize::new(0);
@@ -100,7 +108,7 @@ pub fn observe(
                             Source::Input(k) => &sample[k],
                             Source::Output(k) => &outputs[k],
                         };
-                        add(stat, a, &mut values);
+                        add(stat, i, a, &mut values);
                     }
                 }
                 Err(e) => {
@@ -150,7 +158,7 @@ enum Source {
     Output(usize),
 }
 
-fn add(stat: &mut Result<TensorStats, DataType>, a: &Array, values: &mut Vec<f32>) {
+fn add(stat: &mut Result<TensorStats, DataType>, sample: usize, a: &Array, values: &mut Vec<f32>) {
     let Ok(st) = stat else { return };
     if a.dtype != DataType::Float {
         *stat = Err(a.dtype);
@@ -163,6 +171,9 @@ fn add(stat: &mut Result<TensorStats, DataType>, a: &Array, values: &mut Vec<f32
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
     );
     st.add(values);
+    if let Some(ch) = &mut st.channels {
+        ch.add(sample, values, &a.shape);
+    }
 }
 
 /// A one-line progress bar on stderr, drawn only on a terminal.

@@ -44,13 +44,33 @@ pub struct QuantWeight {
     pub zero_points: Vec<i64>,
 }
 
-/// Quantizes `values` of shape `dims` along `axis` (or as one tensor).
+impl QuantWeight {
+    /// The real values the integers stand for, `(q − zp[c]) · s[c]`, in the
+    /// layout of the original (`inner` values per channel step).
+    pub fn dequantized(&self, dtype: QType, inner: usize) -> Vec<f32> {
+        let channels = self.scales.len().max(1);
+        self.data
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                let c = (i / inner.max(1)) % channels;
+                (dtype.value(b) - self.zero_points[c]) as f32 * self.scales[c]
+            })
+            .collect()
+    }
+}
+
+/// Quantizes `values` of shape `dims` along `axis` (or as one tensor). With
+/// `mse_range`, each channel's range is its observed one shrunk by the factor
+/// in 1.00, 0.99, ..., 0.50 whose rounding-plus-clipping error is least
+/// (first least on ties); else the observed range.
 pub fn quantize_weight(
     values: &[f32],
     dims: &[i64],
     axis: Option<usize>,
     dtype: QType,
     grid: &Grid,
+    mse_range: bool,
 ) -> QuantWeight {
     let (outer, channels, inner) = match axis {
         Some(a) => {
@@ -66,6 +86,7 @@ pub fn quantize_weight(
         })
     };
     let (lo_q, hi_q) = dtype.limits();
+    let level = |v: f32, s: f32, zp: i64| ((v / s).round_ties_even() as i64 + zp).clamp(lo_q, hi_q);
     let mut data = vec![0u8; values.len()];
     let mut scales = Vec::with_capacity(channels);
     let mut zero_points = Vec::with_capacity(channels);
@@ -78,10 +99,33 @@ pub fn quantize_weight(
                 hi = hi.max(v);
             }
         }
-        let (s, zp) = grid.params(lo, hi);
+        let (mut s, mut zp) = grid.params(lo, hi);
+        if mse_range && hi > lo {
+            let error = |s: f32, zp: i64| -> f64 {
+                channel(c)
+                    .map(|i| {
+                        let v = values[i];
+                        let d = f64::from(v) - f64::from((level(v, s, zp) - zp) as f32 * s);
+                        if d.is_finite() {
+                            d * d
+                        } else {
+                            0.0
+                        }
+                    })
+                    .sum()
+            };
+            let mut best = error(s, zp);
+            for step in 1..=50 {
+                let f = 1.0 - f64::from(step) * 0.01;
+                let (s2, zp2) = grid.params(lo * f, hi * f);
+                let e = error(s2, zp2);
+                if e < best {
+                    (best, s, zp) = (e, s2, zp2);
+                }
+            }
+        }
         for i in channel(c) {
-            let q = (values[i] / s).round_ties_even() as i64 + zp;
-            data[i] = dtype.byte(q.clamp(lo_q, hi_q));
+            data[i] = dtype.byte(level(values[i], s, zp));
         }
         scales.push(s);
         zero_points.push(zp);
@@ -354,13 +398,13 @@ mod tests {
         // Two output channels of a [2, 3] weight along axis 0.
         let w = [0.5, -1.0, 0.25, 10.0, 5.0, -2.5];
         let grid = QType::Int8.grid(true);
-        let q = quantize_weight(&w, &[2, 3], Some(0), QType::Int8, &grid);
+        let q = quantize_weight(&w, &[2, 3], Some(0), QType::Int8, &grid, false);
         assert_eq!(q.scales, vec![1.0 / 127.0, 10.0 / 127.0]);
         assert_eq!(q.zero_points, vec![0, 0]);
         let ints: Vec<i8> = q.data.iter().map(|&b| b as i8).collect();
         assert_eq!(ints, vec![64, -127, 32, 127, 64, -32]);
         // Along axis 1 of the same tensor: three channels of two values.
-        let q = quantize_weight(&w, &[2, 3], Some(1), QType::Int8, &grid);
+        let q = quantize_weight(&w, &[2, 3], Some(1), QType::Int8, &grid, false);
         assert_eq!(q.scales.len(), 3);
         assert_eq!(q.scales[0], 10.0 / 127.0);
     }
@@ -368,7 +412,7 @@ mod tests {
     #[test]
     fn all_zero_channels_get_scale_one() {
         let grid = QType::Int8.grid(true);
-        let q = quantize_weight(&[0.0; 4], &[2, 2], Some(0), QType::Int8, &grid);
+        let q = quantize_weight(&[0.0; 4], &[2, 2], Some(0), QType::Int8, &grid, false);
         assert_eq!(q.scales, vec![1.0, 1.0]);
         assert!(q.data.iter().all(|&b| b == 0));
     }

@@ -163,6 +163,75 @@ impl Histogram {
     }
 }
 
+/// Per-channel sums of a tensor along one axis, kept per sample and added in
+/// sample order at the end, so the means do not depend on how samples were
+/// spread over threads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelSums {
+    /// The channel axis.
+    pub axis: usize,
+    /// (sample index, per-channel sum of finite values, per-channel count).
+    per_sample: Vec<(usize, Vec<f64>, Vec<u64>)>,
+}
+
+impl ChannelSums {
+    /// No samples yet.
+    pub fn new(axis: usize) -> ChannelSums {
+        ChannelSums {
+            axis,
+            per_sample: Vec::new(),
+        }
+    }
+
+    /// Adds sample `sample`'s `values` of shape `shape`; a shape without the
+    /// axis adds nothing.
+    pub fn add(&mut self, sample: usize, values: &[f32], shape: &[usize]) {
+        let Some(&channels) = shape.get(self.axis) else {
+            return;
+        };
+        let inner: usize = shape[self.axis + 1..].iter().product();
+        let (mut sums, mut counts) = (vec![0f64; channels], vec![0u64; channels]);
+        for (i, &v) in values.iter().enumerate() {
+            if v.is_finite() {
+                let c = (i / inner.max(1)) % channels.max(1);
+                sums[c] += f64::from(v);
+                counts[c] += 1;
+            }
+        }
+        self.per_sample.push((sample, sums, counts));
+    }
+
+    /// Adds sums gathered elsewhere.
+    pub fn merge(&mut self, other: &ChannelSums) {
+        self.per_sample.extend(other.per_sample.iter().cloned());
+    }
+
+    /// The mean of every channel over all samples (0 for a channel never
+    /// seen); `None` when no sample was seen or samples disagree on the
+    /// channel count.
+    pub fn means(&self) -> Option<Vec<f64>> {
+        let mut order: Vec<&(usize, Vec<f64>, Vec<u64>)> = self.per_sample.iter().collect();
+        order.sort_by_key(|(i, _, _)| *i);
+        let channels = order.first()?.1.len();
+        let (mut sums, mut counts) = (vec![0f64; channels], vec![0u64; channels]);
+        for (_, s, n) in order {
+            if s.len() != channels {
+                return None;
+            }
+            for c in 0..channels {
+                sums[c] += s[c];
+                counts[c] += n[c];
+            }
+        }
+        Some(
+            sums.iter()
+                .zip(&counts)
+                .map(|(s, &n)| if n > 0 { s / n as f64 } else { 0.0 })
+                .collect(),
+        )
+    }
+}
+
 /// Everything calibration keeps about one tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorStats {
@@ -176,6 +245,8 @@ pub struct TensorStats {
     pub non_finite: u64,
     /// Histogram of `|x|`, when a histogram method needs it.
     pub histogram: Option<Histogram>,
+    /// Per-channel sums, when bias correction needs the channel means.
+    pub channels: Option<ChannelSums>,
 }
 
 impl TensorStats {
@@ -187,6 +258,7 @@ impl TensorStats {
             count: 0,
             non_finite: 0,
             histogram: (bins > 0).then(|| Histogram::new(bins)),
+            channels: None,
         }
     }
 
@@ -217,6 +289,9 @@ impl TensorStats {
         self.count += other.count;
         self.non_finite += other.non_finite;
         if let (Some(a), Some(b)) = (&mut self.histogram, &other.histogram) {
+            a.merge(b);
+        }
+        if let (Some(a), Some(b)) = (&mut self.channels, &other.channels) {
             a.merge(b);
         }
     }
