@@ -1516,3 +1516,385 @@ fn learn_shapes(
     }
     Ok(learned)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32_type(dims: Vec<Dim>) -> TypeInfo {
+        TypeInfo::tensor(DataType::Float, dims)
+    }
+
+    fn int_tensor(name: &str, dims: Vec<i64>, v: &[i64]) -> Tensor {
+        Val::ints(DataType::Int64, dims, v.to_vec()).to_tensor(name)
+    }
+
+    fn constant(name: &str, t: Tensor) -> Node {
+        let mut n = Node::with_io("Constant", name, &[], &[t.name()]);
+        n.attributes
+            .push(Attribute::new("value", AttrValue::Tensor(Box::new(t))));
+        n
+    }
+
+    fn if_node(name: &str, cond: &str, out: &str, then: Graph, els: Graph) -> Node {
+        let mut n = Node::with_io("If", name, &[cond], &[out]);
+        n.attributes.push(Attribute::new(
+            "then_branch",
+            AttrValue::Graph(Box::new(then)),
+        ));
+        n.attributes.push(Attribute::new(
+            "else_branch",
+            AttrValue::Graph(Box::new(els)),
+        ));
+        n
+    }
+
+    /// One node `op(x) -> out` as a branch, with an output named `out`.
+    fn branch(name: &str, op: &str, inputs: &[&str], out: &str) -> Graph {
+        let mut g = Graph::new(name);
+        g.add_node(Node::with_io(op, &format!("{name}_{op}"), inputs, &[out]));
+        g.outputs.push(ValueInfo {
+            name: Some(out.into()),
+            ..ValueInfo::default()
+        });
+        g
+    }
+
+    /// `sr` int64 scalar: If(Equal(sr, 16000)) picks Relu(x) or Neg(x); the
+    /// then branch holds a nested If on `Not(Equal(sr, 16000))`.
+    fn sample_rate_model() -> Model {
+        let mut g = Graph::new("g");
+        g.inputs.push(ValueInfo::new(
+            "sr",
+            TypeInfo::tensor(DataType::Int64, vec![]),
+        ));
+        g.inputs.push(ValueInfo::new(
+            "x",
+            f32_type(vec![Dim::symbol("N"), Dim::known(4)]),
+        ));
+        g.outputs.push(ValueInfo::new("y", f32_type(vec![])));
+        g.add_node(constant("c16k", int_tensor("k16", vec![], &[16000])));
+        g.add_node(Node::with_io("Equal", "eq", &["sr", "k16"], &["is16"]));
+        let mut then = Graph::new("then");
+        then.add_node(Node::with_io("Not", "not", &["is16"], &["not16"]));
+        then.add_node(if_node(
+            "inner",
+            "not16",
+            "t_out",
+            branch("inner_then", "Neg", &["x"], "neg"),
+            // The same value name as the outer else branch's: one gets renamed.
+            branch("inner_else", "Relu", &["x"], "shared"),
+        ));
+        then.outputs.push(ValueInfo {
+            name: Some("t_out".into()),
+            ..ValueInfo::default()
+        });
+        g.add_node(if_node(
+            "outer",
+            "is16",
+            "y",
+            then,
+            branch("outer_else", "Sigmoid", &["x"], "shared"),
+        ));
+        Model::new(g, 17)
+    }
+
+    fn pin(inputs: &[(&str, serde_json::Value)]) -> Specialize {
+        Specialize {
+            inputs: inputs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            ..Specialize::default()
+        }
+    }
+
+    fn ops(g: &Graph) -> Vec<&str> {
+        g.nodes().map(|(_, n)| n.op_type()).collect()
+    }
+
+    #[test]
+    fn pinned_condition_inlines_nested_ifs() {
+        let mut m = sample_rate_model();
+        let r = pin(&[("sr", 16000.into())])
+            .run(&mut m, &PassContext::default())
+            .unwrap();
+        assert_eq!(r.counters["inputs_pinned"], 1);
+        assert_eq!(r.counters["ifs_inlined"], 2);
+        assert_eq!(r.counters["ifs_left"], 0);
+        assert!(r.counters["nodes_folded"] >= 2, "{r:?}");
+        assert_eq!(ops(&m.graph), ["Relu"]);
+        let (relu, _) = m.graph.producer("y").unwrap();
+        assert_eq!(m.graph.node(relu).inputs, ["x"]);
+        assert!(!m.graph.is_input("sr"));
+        assert_eq!(m.graph.initializer("sr").unwrap().dtype(), DataType::Int64);
+        // No shape was used: N stays symbolic.
+        assert_eq!(
+            m.graph.inputs[0].ty.as_ref().unwrap().to_string(),
+            "f32[N,4]"
+        );
+        crate::ir::verify(&m).unwrap();
+    }
+
+    #[test]
+    fn the_else_branch_when_the_condition_is_false() {
+        let mut m = sample_rate_model();
+        let r = pin(&[("sr", 8000.into())])
+            .run(&mut m, &PassContext::default())
+            .unwrap();
+        assert_eq!(r.counters["ifs_inlined"], 1);
+        assert_eq!(ops(&m.graph), ["Sigmoid"]);
+        crate::ir::verify(&m).unwrap();
+    }
+
+    #[test]
+    fn branch_values_are_renamed_when_the_name_is_taken() {
+        let mut g = Graph::new("g");
+        g.inputs
+            .push(ValueInfo::new("x", f32_type(vec![Dim::known(2)])));
+        g.outputs.push(ValueInfo::new("y", f32_type(vec![])));
+        g.outputs.push(ValueInfo::new("h", f32_type(vec![])));
+        g.add_node(Node::with_io("Relu", "relu", &["x"], &["h"]));
+        g.add_initializer(Val::ints(DataType::Bool, vec![], vec![1]).to_tensor("c"));
+        let mut then = Graph::new("then");
+        // `h` is taken outside; `relu` too, as a node name.
+        then.add_node(Node::with_io("Neg", "relu", &["x"], &["h"]));
+        then.add_node(Node::with_io("Add", "add", &["h", "h"], &["sum"]));
+        then.outputs.push(ValueInfo {
+            name: Some("sum".into()),
+            ..ValueInfo::default()
+        });
+        g.add_node(if_node(
+            "if",
+            "c",
+            "y",
+            then,
+            branch("e", "Identity", &["x"], "e_out"),
+        ));
+        let mut m = Model::new(g, 17);
+        let r = Specialize::default()
+            .run(&mut m, &PassContext::default())
+            .unwrap();
+        assert_eq!(r.counters["ifs_inlined"], 1);
+        let (neg, _) = m.graph.producer("h_1").unwrap();
+        assert_eq!(m.graph.node(neg).name(), "relu_1");
+        let (add, _) = m.graph.producer("y").unwrap();
+        assert_eq!(m.graph.node(add).inputs, ["h_1", "h_1"]);
+        crate::ir::verify(&m).unwrap();
+    }
+
+    /// x: f32[N,4] → Shape → Gather(0) → Equal(1) → If(Squeeze(x, 0), Identity(x)).
+    fn shape_model() -> Model {
+        let mut g = Graph::new("g");
+        g.inputs.push(ValueInfo::new(
+            "x",
+            f32_type(vec![Dim::symbol("N"), Dim::known(4)]),
+        ));
+        g.outputs.push(ValueInfo::new("y", f32_type(vec![])));
+        g.add_node(Node::with_io("Shape", "shape", &["x"], &["s"]));
+        g.add_node(constant("zero", int_tensor("i0", vec![], &[0])));
+        g.add_node(Node::with_io("Gather", "gather", &["s", "i0"], &["n"]));
+        g.add_node(constant("one", int_tensor("i1", vec![], &[1])));
+        g.add_node(Node::with_io("Equal", "eq", &["n", "i1"], &["is1"]));
+        let mut then = Graph::new("then");
+        then.add_node(constant("axes", int_tensor("axes", vec![1], &[0])));
+        then.add_node(Node::with_io("Squeeze", "squeeze", &["x", "axes"], &["sq"]));
+        then.outputs.push(ValueInfo {
+            name: Some("sq".into()),
+            ..ValueInfo::default()
+        });
+        g.add_node(if_node(
+            "if",
+            "is1",
+            "y",
+            then,
+            branch("e", "Identity", &["x"], "id"),
+        ));
+        Model::new(g, 17)
+    }
+
+    #[test]
+    fn shape_conditions_fold_with_a_pinned_dim_and_fix_the_input() {
+        let mut m = shape_model();
+        let ctx = PassContext {
+            dims: [("N".to_string(), 1)].into(),
+            ..PassContext::default()
+        };
+        let r = Specialize::default().run(&mut m, &ctx).unwrap();
+        assert_eq!(r.counters["ifs_inlined"], 1);
+        assert_eq!(ops(&m.graph), ["Constant", "Squeeze"]);
+        assert_eq!(
+            m.graph.inputs[0].ty.as_ref().unwrap().to_string(),
+            "f32[1,4]"
+        );
+        crate::ir::verify(&m).unwrap();
+
+        let mut m = shape_model();
+        let cfg = Specialize {
+            shapes: [("x".to_string(), vec![3, 4])].into(),
+            ..Specialize::default()
+        };
+        cfg.run(&mut m, &PassContext::default()).unwrap();
+        assert_eq!(ops(&m.graph), ["Identity"]);
+    }
+
+    #[test]
+    fn unknown_dims_are_an_error_naming_the_if_and_the_dim() {
+        let mut m = shape_model();
+        let err = Specialize::default()
+            .run(&mut m, &PassContext::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("If \"if\"") && err.contains("`N`") && err.contains("--dim N="),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn intermediate_shapes_come_from_tract() {
+        // The condition reads the shape of Relu(x), not of x.
+        let mut m = shape_model();
+        m.graph
+            .add_node(Node::with_io("Relu", "relu", &["x"], &["r"]));
+        let (shape, _) = m.graph.producer("s").unwrap();
+        m.graph.set_input(shape, 0, "r");
+        m.graph.sort().unwrap();
+        let ctx = PassContext {
+            dims: [("N".to_string(), 1)].into(),
+            ..PassContext::default()
+        };
+        let r = Specialize::default().run(&mut m, &ctx).unwrap();
+        assert_eq!(r.counters["ifs_inlined"], 1);
+        assert!(m.graph.nodes().any(|(_, n)| n.op_type() == "Squeeze"));
+    }
+
+    #[test]
+    fn data_dependent_conditions_stay_with_a_warning() {
+        let mut g = Graph::new("g");
+        g.inputs
+            .push(ValueInfo::new("x", f32_type(vec![Dim::known(1)])));
+        g.outputs.push(ValueInfo::new("y", f32_type(vec![])));
+        g.add_node(Node::with_io("Cast", "cast", &["x"], &["c"]));
+        g.update_node(g.producer("c").unwrap().0, |n| {
+            n.set_attr(Attribute::int("to", DataType::Bool.code() as i64))
+        });
+        g.add_node(constant("axes", int_tensor("axes", vec![1], &[0])));
+        g.add_node(Node::with_io("Squeeze", "sq", &["c", "axes"], &["cond"]));
+        g.add_node(if_node(
+            "if",
+            "cond",
+            "y",
+            branch("t", "Neg", &["x"], "a"),
+            branch("e", "Relu", &["x"], "b"),
+        ));
+        let mut m = Model::new(g, 17);
+        let r = Specialize::default()
+            .run(&mut m, &PassContext::default())
+            .unwrap();
+        assert_eq!(r.counters["ifs_left"], 1);
+        assert_eq!(r.counters["ifs_inlined"], 0);
+        assert!(r.warnings[0].contains("If \"if\""), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn unknown_input_names_get_a_suggestion() {
+        let mut m = sample_rate_model();
+        let err = pin(&[("sample_rate", 16000.into())])
+            .run(&mut m, &PassContext::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no input \"sample_rate\""), "{err}");
+        let mut m = sample_rate_model();
+        let err = pin(&[("s", 1.into())])
+            .run(&mut m, &PassContext::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did you mean `sr`?"), "{err}");
+    }
+
+    #[test]
+    fn values_must_fit_the_input() {
+        for (v, want) in [
+            (serde_json::json!(1.5), "not an integer"),
+            (serde_json::json!([16000]), "does not fit input \"sr\""),
+            (serde_json::json!("x"), "expected a number"),
+        ] {
+            let mut m = sample_rate_model();
+            let err = pin(&[("sr", v)])
+                .run(&mut m, &PassContext::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("inputs.sr") && err.contains(want), "{err}");
+        }
+        let mut m = sample_rate_model();
+        m.graph.inputs[0].ty = Some(TypeInfo::tensor(DataType::Int8, vec![]));
+        let err = pin(&[("sr", 16000.into())])
+            .run(&mut m, &PassContext::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("does not fit the input's element type i8"),
+            "{err}"
+        );
+        assert!(
+            parse_config::<Specialize>(&serde_json::json!({"inputs": {"sr": {"a": 1}}})).is_err()
+        );
+    }
+
+    fn eval_op(node: Node, consts: &[(&str, Val)]) -> Option<Val> {
+        let env = Env {
+            consts: consts
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            shapes: BTreeMap::new(),
+            opset: 17,
+        };
+        eval(&node, &env, &mut false)
+    }
+
+    fn ints(dims: Vec<i64>, v: &[i64]) -> Val {
+        Val::ints(DataType::Int64, dims, v.to_vec())
+    }
+
+    #[test]
+    fn folding_follows_onnx_semantics() {
+        let x = ints(vec![2, 3], &[1, 2, 3, 4, 5, 6]);
+        // Gather with a negative index on axis 1.
+        let mut g = Node::with_io("Gather", "g", &["x", "i"], &["o"]);
+        g.set_attr(Attribute::int("axis", 1));
+        let v = eval_op(g, &[("x", x.clone()), ("i", ints(vec![], &[-1]))]).unwrap();
+        assert_eq!((v.dims, v.data), (vec![2], Data::I(vec![3, 6])));
+        // Slice backwards with a huge start.
+        let s = Node::with_io("Slice", "s", &["x", "b", "e", "a", "st"], &["o"]);
+        let v = eval_op(
+            s,
+            &[
+                ("x", x.clone()),
+                ("b", ints(vec![1], &[i64::MAX])),
+                ("e", ints(vec![1], &[i64::MIN])),
+                ("a", ints(vec![1], &[1])),
+                ("st", ints(vec![1], &[-2])),
+            ],
+        )
+        .unwrap();
+        assert_eq!((v.dims, v.data), (vec![2, 2], Data::I(vec![3, 1, 6, 4])));
+        // Concat on axis 0, Unsqueeze, broadcast Equal, integer Div.
+        let mut c = Node::with_io("Concat", "c", &["x", "x"], &["o"]);
+        c.set_attr(Attribute::int("axis", 0));
+        assert_eq!(eval_op(c, &[("x", x.clone())]).unwrap().dims, vec![4, 3]);
+        let u = Node::with_io("Unsqueeze", "u", &["x", "a"], &["o"]);
+        let v = eval_op(u, &[("x", x.clone()), ("a", ints(vec![2], &[0, -1]))]).unwrap();
+        assert_eq!(v.dims, vec![1, 2, 3, 1]);
+        let e = Node::with_io("Equal", "e", &["x", "y"], &["o"]);
+        let v = eval_op(e, &[("x", x.clone()), ("y", ints(vec![3], &[1, 5, 3]))]).unwrap();
+        assert_eq!(v.data, Data::I(vec![1, 0, 1, 0, 1, 0]));
+        let d = Node::with_io("Div", "d", &["x", "y"], &["o"]);
+        let v = eval_op(d, &[("x", ints(vec![], &[-7])), ("y", ints(vec![], &[2]))]).unwrap();
+        assert_eq!(v.data, Data::I(vec![-3]));
+        // Division by zero is not folded.
+        let d = Node::with_io("Div", "d", &["x", "y"], &["o"]);
+        assert!(eval_op(d, &[("x", ints(vec![], &[1])), ("y", ints(vec![], &[0]))]).is_none());
+    }
+}
