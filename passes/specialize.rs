@@ -144,6 +144,22 @@ impl Pass for Specialize {
         if shape_used || !self.shapes.is_empty() {
             write_input_shapes(&mut model.graph, &input_shapes, shape_used, &self.shapes);
         }
+        // A pinned input nothing reads any more (its If is gone) goes too.
+        let g = &mut model.graph;
+        let mut read: BTreeSet<String> = g.outputs.iter().map(|o| o.name().to_string()).collect();
+        for (_, n) in g.nodes() {
+            read.extend(n.inputs.iter().cloned());
+            for a in &n.attributes {
+                for sub in a.graphs() {
+                    read.extend(sub.outer_references());
+                }
+            }
+        }
+        for name in self.inputs.keys() {
+            if !read.contains(name) && g.uses(name).is_empty() {
+                g.remove_initializer(name);
+            }
+        }
         let mut left = Vec::new();
         remaining_ifs(&model.graph, &mut left);
         for label in &left {
@@ -1627,7 +1643,8 @@ mod tests {
         let (relu, _) = m.graph.producer("y").unwrap();
         assert_eq!(m.graph.node(relu).inputs, ["x"]);
         assert!(!m.graph.is_input("sr"));
-        assert_eq!(m.graph.initializer("sr").unwrap().dtype(), DataType::Int64);
+        // Nothing reads the pinned value any more.
+        assert!(m.graph.initializer("sr").is_none());
         // No shape was used: N stays symbolic.
         assert_eq!(
             m.graph.inputs[0].ty.as_ref().unwrap().to_string(),
