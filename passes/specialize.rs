@@ -670,7 +670,8 @@ fn fold_graph(
         let Some(v) = eval(n, &env, shape_used) else {
             continue;
         };
-        if v.data.len() as u64 > MAX_FOLD_ELEMENTS
+        if v.dims.iter().any(|&d| d < 0)
+            || v.data.len() as u64 > MAX_FOLD_ELEMENTS
             || v.data.len() as i64 != v.dims.iter().product::<i64>()
         {
             continue;
@@ -1040,29 +1041,42 @@ fn eval(n: &Node, env: &Env, shape_used: &mut bool) -> Option<Val> {
                 .iter()
                 .map(|v| v.dims.get(ax).copied().unwrap_or(0))
                 .sum();
-            let mut data: Vec<(usize, usize)> = Vec::new(); // (input, flat index)
+            // Every input has the first's rank, type and dims off the axis.
+            let same = |v: &&Val| {
+                v.dtype == first.dtype
+                    && v.dims.len() == first.dims.len()
+                    && v.dims
+                        .iter()
+                        .zip(&first.dims)
+                        .enumerate()
+                        .all(|(i, (a, b))| i == ax || a == b)
+                    && matches!(
+                        (&v.data, &first.data),
+                        (Data::I(_), Data::I(_)) | (Data::F(_), Data::F(_))
+                    )
+            };
+            if !vals.iter().all(same) {
+                return None;
+            }
+            let mut out = Vec::new();
+            let lists: Vec<Vec<f64>> = vals.iter().map(|v| v.data.as_f64()).collect();
+            let ilists: Vec<Vec<i64>> = vals.iter().filter_map(|v| v.int_list()).collect();
+            let mut iout = Vec::new();
             for o in 0..outer {
                 for (k, v) in vals.iter().enumerate() {
-                    if v.dims.len() != first.dims.len() || v.dtype != first.dtype {
-                        return None;
-                    }
                     let block: i64 = v.dims[ax..].iter().product();
                     for e in 0..block {
-                        data.push((k, (o * block + e) as usize));
+                        let i = (o * block + e) as usize;
+                        match ilists.get(k) {
+                            Some(l) => iout.push(*l.get(i)?),
+                            None => out.push(*lists[k].get(i)?),
+                        }
                     }
                 }
             }
-            let out = match &first.data {
-                Data::I(_) => Data::I(
-                    data.iter()
-                        .map(|&(k, i)| vals[k].int_list().and_then(|l| l.get(i).copied()))
-                        .collect::<Option<_>>()?,
-                ),
-                Data::F(_) => Data::F(
-                    data.iter()
-                        .map(|&(k, i)| vals[k].data.as_f64()[i])
-                        .collect(),
-                ),
+            let out = match first.data {
+                Data::I(_) => Data::I(iout),
+                Data::F(_) => Data::F(out),
             };
             Some(Val {
                 dtype: first.dtype,
@@ -1857,6 +1871,60 @@ mod tests {
         assert!(
             parse_config::<Specialize>(&serde_json::json!({"inputs": {"sr": {"a": 1}}})).is_err()
         );
+    }
+
+    #[test]
+    fn ifs_inside_loop_bodies_fold_on_captured_constants() {
+        let mut g = Graph::new("g");
+        let b = TypeInfo::tensor(DataType::Bool, vec![]);
+        g.inputs.push(ValueInfo::new("flag", b.clone()));
+        g.inputs
+            .push(ValueInfo::new("x", f32_type(vec![Dim::known(2)])));
+        g.outputs.push(ValueInfo::new("y", f32_type(vec![])));
+        g.add_initializer(int_tensor("trips", vec![], &[3]));
+        g.add_initializer(Val::ints(DataType::Bool, vec![], vec![1]).to_tensor("go"));
+        let mut body = Graph::new("body");
+        body.inputs.push(ValueInfo::new(
+            "i",
+            TypeInfo::tensor(DataType::Int64, vec![]),
+        ));
+        body.inputs.push(ValueInfo::new("c", b));
+        body.inputs
+            .push(ValueInfo::new("v", f32_type(vec![Dim::known(2)])));
+        body.add_node(Node::with_io("Identity", "keep", &["c"], &["c_out"]));
+        body.add_node(if_node(
+            "inner",
+            "flag",
+            "v_out",
+            branch("t", "Neg", &["v"], "neg"),
+            branch("e", "Relu", &["v"], "relu"),
+        ));
+        for o in ["c_out", "v_out"] {
+            body.outputs.push(ValueInfo {
+                name: Some(o.into()),
+                ..ValueInfo::default()
+            });
+        }
+        let mut lp = Node::with_io("Loop", "loop", &["trips", "go", "x"], &["y"]);
+        lp.attributes
+            .push(Attribute::new("body", AttrValue::Graph(Box::new(body))));
+        g.add_node(lp);
+        let mut m = Model::new(g, 17);
+        let r = pin(&[("flag", false.into())])
+            .run(&mut m, &PassContext::default())
+            .unwrap();
+        assert_eq!((r.counters["ifs_inlined"], r.counters["ifs_left"]), (1, 0));
+        let (lp, _) = m.graph.producer("y").unwrap();
+        let AttrValue::Graph(body) = &m.graph.node(lp).attr("body").unwrap().value else {
+            panic!("no body");
+        };
+        assert_eq!(ops(body), ["Identity", "Relu"]);
+        assert_eq!(
+            body.producer("v_out")
+                .map(|(id, _)| body.node(id).op_type()),
+            Some("Relu")
+        );
+        crate::ir::verify(&m).unwrap();
     }
 
     fn eval_op(node: Node, consts: &[(&str, Val)]) -> Option<Val> {
