@@ -32,7 +32,10 @@
 //!    intermediate tensor (the input of a `Shape`), the pass types a copy of
 //!    the model truncated to the tensors it needs in tract, with the input
 //!    shapes of step 2, and takes the shapes tract proves. Tensors behind an
-//!    unresolved If or a Loop are asked for only once those are gone.
+//!    unresolved If or a Loop are asked for only once those are gone; when
+//!    tract cannot type the copy, the Ifs that wait stay, with a warning.
+//!    Shapes are learned for the main graph only: an If in a Loop body
+//!    folds when its condition is made of constants.
 //! 5. **Inlines Ifs** whose condition is a constant: the taken branch's
 //!    nodes, initializers and value_info move into the enclosing graph
 //!    (renamed where a name is taken), values it captures keep resolving, and
@@ -135,7 +138,7 @@ impl Pass for Specialize {
             if changed {
                 continue;
             }
-            let learned = learn_shapes(model, &input_shapes, &mut shapes, ctx)?;
+            let learned = learn_shapes(model, &input_shapes, &mut shapes, ctx, &mut report)?;
             if !learned {
                 break;
             }
@@ -1411,6 +1414,7 @@ fn learn_shapes(
     input_shapes: &BTreeMap<String, Option<Vec<i64>>>,
     shapes: &mut BTreeMap<String, Vec<i64>>,
     ctx: &PassContext,
+    report: &mut PassReport,
 ) -> Result<bool, PassError> {
     let g = &model.graph;
     // Constants as the last fold left them, to stop the walk early.
@@ -1517,9 +1521,22 @@ fn learn_shapes(
         .cloned()
         .collect();
     m.graph.inputs = keep_inputs;
-    let runner =
-        crate::exec::Runner::from_model("specialize (shapes)", &m, ctx.model_dir.as_deref())
-            .map_err(|e| PassError::Model(e.to_string()))?;
+    // tract failing here only means these Ifs stay: say why and go on.
+    let gave_up = |e: crate::exec::ExecError, report: &mut PassReport| {
+        report.warnings.push(format!(
+            "the shapes of {} could not be learned from tract, so the Ifs that wait for them stay: {e}",
+            ask.join(", ")
+        ));
+        Ok(false)
+    };
+    let runner = match crate::exec::Runner::from_model(
+        "specialize (shapes)",
+        &m,
+        ctx.model_dir.as_deref(),
+    ) {
+        Ok(r) => r,
+        Err(e) => return gave_up(e, report),
+    };
     let in_shapes: Vec<Vec<usize>> = runner
         .inputs()
         .iter()
@@ -1534,9 +1551,10 @@ fn learn_shapes(
                 .collect()
         })
         .collect();
-    let out = runner
-        .output_shapes(&in_shapes)
-        .map_err(|e| PassError::Model(e.to_string()))?;
+    let out = match runner.output_shapes(&in_shapes) {
+        Ok(out) => out,
+        Err(e) => return gave_up(e, report),
+    };
     let mut learned = false;
     for (v, s) in runner.outputs().iter().zip(out) {
         if let Some(s) = s {
@@ -1798,6 +1816,30 @@ mod tests {
         let r = Specialize::default().run(&mut m, &ctx).unwrap();
         assert_eq!(r.counters["ifs_inlined"], 1);
         assert!(m.graph.nodes().any(|(_, n)| n.op_type() == "Squeeze"));
+    }
+
+    #[test]
+    fn shapes_tract_cannot_type_leave_the_if_with_a_warning() {
+        let mut m = shape_model();
+        let mut custom = Node::with_io("Mystery", "mystery", &["x"], &["r"]);
+        custom.domain = Some("com.example".into());
+        m.graph.add_node(custom);
+        let (shape, _) = m.graph.producer("s").unwrap();
+        m.graph.set_input(shape, 0, "r");
+        m.graph.sort().unwrap();
+        let ctx = PassContext {
+            dims: [("N".to_string(), 1)].into(),
+            ..PassContext::default()
+        };
+        let r = Specialize::default().run(&mut m, &ctx).unwrap();
+        assert_eq!((r.counters["ifs_inlined"], r.counters["ifs_left"]), (0, 1));
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("could not be learned from tract")),
+            "{:?}",
+            r.warnings
+        );
     }
 
     #[test]
