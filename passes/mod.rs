@@ -18,6 +18,7 @@ use crate::ir::Model;
 pub mod eliminate_dead;
 mod fold_batchnorm;
 mod quantize;
+mod specialize;
 
 /// A rewrite pass with its options already checked.
 pub trait Pass {
@@ -154,7 +155,12 @@ pub struct PassInfo {
 }
 
 /// Every pass, in the order `whittle passes` lists them.
-pub static PASSES: &[PassInfo] = &[eliminate_dead::INFO, fold_batchnorm::INFO, quantize::INFO];
+pub static PASSES: &[PassInfo] = &[
+    eliminate_dead::INFO,
+    fold_batchnorm::INFO,
+    quantize::INFO,
+    specialize::INFO,
+];
 
 /// The pass registered under `name`.
 pub fn find(name: &str) -> Option<&'static PassInfo> {

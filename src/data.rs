@@ -752,8 +752,11 @@ fn bind(
     let mut by_name: BTreeMap<String, Array> = BTreeMap::new();
     for (name, a) in arrays {
         if !inputs.iter().any(|i| i.name == name) {
+            // Strict on purpose: an extra array usually means the wrong
+            // file. An input `specialize` pinned to a constant is the common
+            // legitimate case; say so rather than ignore data silently.
             return Err(mismatch(format!(
-                "array {name:?} is not an input of the model (inputs: {})",
+                "array {name:?} is not an input of the model (inputs: {}); if a pass such as `specialize` pinned {name:?} to a constant, drop that array from the data",
                 names()
             )));
         }

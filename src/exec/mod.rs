@@ -434,6 +434,62 @@ impl Runner {
         }
     }
 
+    /// The shapes tract's typing proves for the outputs when the inputs have
+    /// these shapes (in input order), without running anything: `None` for
+    /// an output whose shape is not a fixed size (data-dependent).
+    pub fn output_shapes(
+        &self,
+        shapes: &[Vec<usize>],
+    ) -> Result<Vec<Option<Vec<usize>>>, ExecError> {
+        if shapes.len() != self.inputs.len() {
+            return Err(ExecError::Model {
+                model: self.label.clone(),
+                reason: format!("{} shapes for {} inputs", shapes.len(), self.inputs.len()),
+            });
+        }
+        let mut model = {
+            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.inference.clone()
+        };
+        for (ix, (shape, spec)) in shapes.iter().zip(&self.inputs).enumerate() {
+            let dt = datum_type(spec.dtype).ok_or_else(|| ExecError::Model {
+                model: self.label.clone(),
+                reason: format!(
+                    "input {:?}: tract has no {} element type",
+                    spec.name, spec.dtype
+                ),
+            })?;
+            model
+                .set_input_fact(ix, InferenceFact::dt_shape(dt, shape.clone()))
+                .map_err(|e| self.typing_error(&e))?;
+        }
+        let typed = catch_unwind(AssertUnwindSafe(|| model.into_typed()))
+            .map_err(|p| ExecError::Unsupported {
+                model: self.label.clone(),
+                node: None,
+                op: None,
+                reason: format!(
+                    "tract panicked while typing the model: {}",
+                    panic_message(p)
+                ),
+                hint: None,
+            })?
+            .map_err(|e| self.typing_error(&e))?;
+        let outlets = typed
+            .output_outlets()
+            .map_err(|e| self.typing_error(&e))?
+            .to_vec();
+        outlets
+            .iter()
+            .map(|&o| {
+                typed
+                    .outlet_fact(o)
+                    .map(|f| f.shape.as_concrete().map(|s| s.to_vec()))
+                    .map_err(|e| self.typing_error(&e))
+            })
+            .collect()
+    }
+
     /// Runs one sample (`index` names it in errors) and returns the outputs
     /// in the model's output order.
     pub fn run(&self, index: usize, sample: &[Array]) -> Result<Vec<Array>, ExecError> {
