@@ -242,6 +242,71 @@ fn tensorrt_profile_has_zero_zero_points_and_a_pair_per_consumer() {
     }
 }
 
+/// BatchNormalization folds first by default (and can be left alone); bias
+/// correction and mse weight ranges are switchable, deterministic across
+/// thread counts and give usable models.
+#[test]
+fn batchnorm_folding_bias_correction_and_weight_ranges_are_switchable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let count_bn = |m: &Model| {
+        m.graph
+            .nodes()
+            .filter(|(_, n)| n.op_type() == "BatchNormalization")
+            .count()
+    };
+    assert!(count_bn(&load(&common::fixture("conv_bn_relu.onnx"))) > 0);
+    let default = pipeline(tmp.path(), "default.yaml", "      {}");
+    let out = tmp.path().join("folded.onnx");
+    let report = tmp.path().join("folded.json");
+    quantize(
+        &default,
+        "conv_bn_relu",
+        &out,
+        &["--report", report.to_str().unwrap()],
+    );
+    assert_eq!(count_bn(&load(&out)), 0);
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(json["passes"][0]["report"]["counters"]["batchnorms_folded"].as_i64() > Some(0));
+    assert_sqnr_at_least("conv_bn_relu", &out, "30");
+
+    let kept = pipeline(tmp.path(), "kept.yaml", "      fold_batchnorm: false");
+    let out = tmp.path().join("kept.onnx");
+    let stderr = quantize(&kept, "conv_bn_relu", &out, &[]);
+    assert!(
+        stderr.contains("BatchNormalization nodes follow a Conv/Gemm and stay float"),
+        "{stderr}"
+    );
+    assert!(count_bn(&load(&out)) > 0);
+
+    let corrected = pipeline(
+        tmp.path(),
+        "corrected.yaml",
+        "      bias_correction: true\n      weights: { range: mse }",
+    );
+    let mut bytes = Vec::new();
+    for threads in ["1", "2"] {
+        let out = tmp.path().join(format!("corrected.{threads}.onnx"));
+        let report = tmp.path().join(format!("corrected.{threads}.json"));
+        quantize(
+            &corrected,
+            "resnet_tiny",
+            &out,
+            &["--threads", threads, "--report", report.to_str().unwrap()],
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let c = &json["passes"][0]["report"]["counters"];
+        assert!(c["biases_corrected"].as_i64() > Some(0), "{c}");
+        assert_eq!(c["biases_corrected"], c["biases_quantized"], "{c}");
+        bytes.push(std::fs::read(&out).unwrap());
+    }
+    assert!(
+        bytes[0] == bytes[1],
+        "bias correction: 1 and 2 threads differ"
+    );
+    assert_sqnr_at_least("resnet_tiny", &tmp.path().join("corrected.1.onnx"), "30");
+}
+
 /// Same data and config give the same bytes whatever the thread count, for
 /// every calibration method; each method gives a usable model.
 #[test]

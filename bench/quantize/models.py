@@ -21,6 +21,9 @@ look at the models or the data on their own. It writes into the build folder
     data/<model>.calib.npz         calibration inputs (default 32 samples)
     data/<model>.heldout.npz       held-out inputs (default 64 samples), drawn from a
                                    generator of their own, so never the calibration samples
+    data/<model>.calib.whittle.npz for a model with a prelude that pins inputs (PRELUDES):
+                                   calib.npz without the pinned inputs' arrays, what whittle
+                                   calibrates on (whittle refuses data for a pinned input)
 
 Every array is sample-first, [samples, *input shape], with the batch dimension pinned to 1.
 
@@ -31,6 +34,14 @@ Conv. onnxruntime's quantize_static does not fold BatchNormalization itself (tha
 quant_pre_process's job, which the bench does not run), so both quantizers see the same,
 already folded graph. The fixtures resnet_tiny and conv_bn_relu keep their BatchNormalization
 nodes: they are measured as committed.
+
+Preludes: PRELUDES maps a model to the whittle passes run.py puts before every whittle
+pipeline for it, for models whittle cannot calibrate as shipped. The silero_vad models branch
+on the sample rate (and on shapes) with If nodes tract cannot type; their prelude is a
+`specialize` pass that pins `sr` to the data's 16000 and fixes the input shapes to the data's,
+so the Ifs fold away before `quantize`. The data checks that every sample agrees with the
+prelude (pinned values and shapes) and stops if not. onnxruntime's quantize_static gets the
+model as shipped and the full calib.npz.
 
 Determinism: parameters come from numpy generators seeded from the model's name
 (make_fixtures.rng_for); BatchNorm statistics from one seeded float64 batch, rounded
@@ -70,6 +81,19 @@ HELDOUT_SAMPLES = 64
 FIXTURE_MODELS = ["mlp", "conv_bn_relu", "resnet_tiny", "transformer_tiny"]
 # Trained models from PyPI packages (fetch.py), with inputs from synth.py.
 TRAINED_MODELS = list(fetch.MODELS)
+# Passes run.py puts before every whittle pipeline of a model, as they would be written in a
+# pipeline file's `passes:` list (a pass name -> its options). The silero_vad models select
+# their 8 or 16 kHz network, and reshape the LSTM state, with If nodes; tract types both
+# branches of an If, so whittle cannot calibrate them as shipped. `specialize` pins `sr` to the
+# value every sample of the data has, and the shapes to the samples' (input [1, 576]: 512 new
+# samples plus 64 of context; state [2, 1, 128]), which folds every If. Its output model has
+# no `sr` input and is only valid for those shapes. `pinned_inputs` and `check_prelude` check
+# the data against it.
+SILERO_SPECIALIZE = {"specialize": {"inputs": {"sr": 16000}, "shapes": {"input": [1, 576], "state": [2, 1, 128]}}}
+PRELUDES = {
+    "silero_vad": [SILERO_SPECIALIZE],
+    "silero_vad_op15": [SILERO_SPECIALIZE],
+}
 # PyTorch and onnxruntime sum in different orders; the export check allows this much.
 EXPORT_TOLERANCE = 1e-3
 
@@ -266,11 +290,59 @@ def write_data(model_name, model_path, data_dir, calib_samples, heldout_samples)
     return paths
 
 
+def pinned_inputs(prelude):
+    """{input name: pinned value} over the prelude's `specialize` passes."""
+    pinned = {}
+    for spec in prelude:
+        name, options = next(iter(spec.items())) if isinstance(spec, dict) else (spec, {})
+        if name == "specialize":
+            pinned.update((options or {}).get("inputs", {}))
+    return pinned
+
+
+def pinned_shapes(prelude):
+    """{input name: shape} over the prelude's `specialize` passes."""
+    shapes = {}
+    for spec in prelude:
+        name, options = next(iter(spec.items())) if isinstance(spec, dict) else (spec, {})
+        if name == "specialize":
+            shapes.update((options or {}).get("shapes", {}))
+    return shapes
+
+
+def check_prelude(model_name, path, prelude):
+    """Stops unless every sample of the .npz at `path` has the values and shapes the prelude pins."""
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    for name, value in pinned_inputs(prelude).items():
+        if name not in arrays:
+            raise SystemExit(f"{model_name}: the prelude pins input {name!r}, which {path.name} does not have")
+        expected = np.asarray(value)
+        samples = arrays[name]
+        if not all(np.array_equal(np.asarray(sample), expected) for sample in samples):
+            raise SystemExit(f"{model_name}: the prelude pins {name} = {value}, {path.name} has {np.unique(samples).tolist()}")
+    for name, shape in pinned_shapes(prelude).items():
+        if name in arrays and list(arrays[name].shape[1:]) != list(shape):
+            raise SystemExit(f"{model_name}: the prelude fixes {name}'s shape to {shape}, {path.name} has {list(arrays[name].shape[1:])}")
+
+
+def write_whittle_calib(model_name, calib_path, prelude):
+    """<model>.calib.whittle.npz: calib.npz without the arrays of the inputs the prelude pins."""
+    pinned = pinned_inputs(prelude)
+    with np.load(calib_path) as archive:
+        arrays = {name: archive[name] for name in archive.files if name not in pinned}
+    path = calib_path.with_name(f"{model_name}.calib.whittle.npz")
+    write_npz(path, arrays)
+    return path
+
+
 def prepare(build=DEFAULT_BUILD, calib_samples=CALIB_SAMPLES, heldout_samples=HELDOUT_SAMPLES, names=None, log=print):
     """Exports the bench models, copies the fixtures, writes all data; returns {name: paths}.
 
     `names` restricts the work to some models (default: all). Each entry maps "model",
-    "calib" and "heldout" to paths.
+    "calib" and "heldout" to paths, "whittle_calib" to the data whittle calibrates on
+    (calib.npz itself, or calib.whittle.npz when the model's prelude pins inputs) and "prelude"
+    to the model's PRELUDES entry (a list of passes, empty for most models).
     """
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -292,7 +364,12 @@ def prepare(build=DEFAULT_BUILD, calib_samples=CALIB_SAMPLES, heldout_samples=HE
             path = fetch.fetch(name, models_dir, Path(build) / "wheels", log)
         else:
             raise SystemExit(f"unknown model {name!r}; known: {', '.join(known)}")
-        result[name] = {"model": path, **write_data(name, path, data_dir, calib_samples, heldout_samples)}
+        paths = {"model": path, **write_data(name, path, data_dir, calib_samples, heldout_samples)}
+        prelude = PRELUDES.get(name, [])
+        for split in ("calib", "heldout"):
+            check_prelude(name, paths[split], prelude)
+        paths["whittle_calib"] = write_whittle_calib(name, paths["calib"], prelude) if pinned_inputs(prelude) else paths["calib"]
+        result[name] = {**paths, "prelude": prelude}
     return result
 
 
@@ -304,7 +381,8 @@ def main():
     parser.add_argument("--models", nargs="*", help="only these models (default: all)")
     args = parser.parse_args()
     for name, paths in prepare(args.build, args.calib_samples, args.heldout_samples, args.models).items():
-        print(f"{name}: {paths['model']}, {paths['calib']}, {paths['heldout']}")
+        extra = f", {paths['whittle_calib']} (whittle)" if paths["whittle_calib"] != paths["calib"] else ""
+        print(f"{name}: {paths['model']}, {paths['calib']}, {paths['heldout']}{extra}")
 
 
 if __name__ == "__main__":

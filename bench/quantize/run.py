@@ -14,6 +14,16 @@ from PyPI packages, see models.py and fetch.py) it quantizes the float model to 
   subprocess, and the same with every other pipeline file given to --whittle-configs (by
   default every other bench/quantize/int8-NAME.yaml, as the row `whittle NAME`);
 
+A model whittle cannot quantize as shipped has a prelude (models.py's PRELUDES): passes run
+before every whittle pipeline for it, e.g. for the silero_vad models a `specialize` pass that
+pins `sr` to 16000 and fixes the input shapes, so that their If nodes fold away. For such a
+model, each whittle row runs a composed pipeline file, the prelude's passes followed by the
+config's, written to build/out/<model>/whittle-NAME.pipeline.yaml (and copied into the row's
+.log); whittle calibrates on calib.whittle.npz, calib.npz without the pinned inputs, and its
+int8 model is run on the held-out samples without them (every model is fed exactly the inputs
+it declares). The data is checked to hold the pinned values. onnxruntime's quantize_static
+and the float reference get the model as shipped and all inputs.
+
 then runs the float model and every int8 model in onnxruntime (CPU provider, default graph
 optimizations, one thread) over heldout.npz and reports, per (model, quantizer): quantization
 time, file size, SQNR of the first output against the float model, top-1 agreement (when the
@@ -30,6 +40,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -132,11 +143,54 @@ def quantize_with_ort(model, calib, output, method):
     return seconds, handler.messages
 
 
+def flow_yaml(value):
+    """A JSON-like value as one line of YAML flow style: `{ sr: 16000, shapes: { x: [1, 576] } }`."""
+    if isinstance(value, dict):
+        items = ", ".join(f"{flow_key(key)}: {flow_yaml(item)}" for key, item in value.items())
+        return f"{{ {items} }}" if items else "{}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(flow_yaml(item) for item in value) + "]"
+    return json.dumps(value)  # numbers, booleans (true/false), null and quoted strings are YAML too
+
+
+def flow_key(key):
+    return key if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", key) else json.dumps(key)
+
+
+def prelude_items(prelude):
+    """The prelude's passes as `passes:` list items (without indentation), one line each."""
+    return [
+        f"- {next(iter(spec))}: {flow_yaml(next(iter(spec.values())))}" if isinstance(spec, dict) else f"- {spec}"
+        for spec in prelude
+    ]
+
+
+def compose_pipeline(config, prelude, model_name):
+    """The text of `config` (a pipeline file) with the prelude's passes first in its `passes:` list.
+
+    The config's text is kept as written (comments included); the prelude's items go right
+    after its block-style `passes:` line, at the indentation of its first item. Raises
+    RuntimeError for a `passes:` the bench cannot extend (flow style, or none).
+    """
+    lines = Path(config).read_text().splitlines()
+    at = next((i for i, line in enumerate(lines) if re.fullmatch(r"passes:\s*(#.*)?", line)), None)
+    if at is None:
+        raise RuntimeError(f"{shown_path(config)}: no block-style `passes:` line to put the prelude of {model_name} in")
+    following = next((line for line in lines[at + 1 :] if line.strip() and not line.lstrip().startswith("#")), "")
+    indent = re.match(r"\s*", following).group() if following.lstrip().startswith("-") else "  "
+    inserted = [f"{indent}# prelude of {model_name} (bench/quantize/models.py PRELUDES)"]
+    inserted += [indent + item for item in prelude_items(prelude)]
+    inserted += [f"{indent}# {shown_path(config)}"]
+    head = [f"# composed by bench/quantize/run.py: the prelude of {model_name}, then {shown_path(config)}"]
+    return "\n".join(head + lines[: at + 1] + inserted + lines[at + 1 :]) + "\n"
+
+
 def quantize_with_whittle(whittle, pipeline, model, calib, output, timeout):
     """Runs `whittle run`; returns seconds, or raises RuntimeError with whittle's last error line.
 
-    The full stdout and stderr go to OUTPUT.log beside the output model, and the run report
-    to OUTPUT.report.json.
+    The full stdout and stderr go to OUTPUT.log beside the output model (after the pipeline
+    file's text when the bench composed it, OUTPUT.pipeline.yaml), and the run report to
+    OUTPUT.report.json.
     """
     command = [
         str(whittle), "run", str(pipeline), "--input", str(model), "--output", str(output),
@@ -152,7 +206,10 @@ def quantize_with_whittle(whittle, pipeline, model, calib, output, timeout):
     except subprocess.TimeoutExpired as timed_out:
         raise RuntimeError(f"timed out after {timeout} s") from timed_out
     seconds = time.perf_counter() - start
-    output.with_suffix(".log").write_text(f"$ {shlex.join(command)}\n{done.stdout}{done.stderr}")
+    composed = ""
+    if Path(pipeline) == output.with_suffix(".pipeline.yaml"):
+        composed = f"$ cat {pipeline}\n{Path(pipeline).read_text()}"
+    output.with_suffix(".log").write_text(f"{composed}$ {shlex.join(command)}\n{done.stdout}{done.stderr}")
     if done.returncode != 0 or not output.is_file():
         lines = [line.strip() for line in done.stderr.splitlines() if line.strip()] or [f"exit code {done.returncode}"]
         raise RuntimeError(next((line for line in lines if line.startswith("error")), lines[-1]))
@@ -160,12 +217,14 @@ def quantize_with_whittle(whittle, pipeline, model, calib, output, timeout):
 
 
 def int8_mac_share(report_path):
-    """macs_int8 / macs_total from the quantize pass's counters in a run report, or None.
+    """macs_int8 / macs_total from the (last) quantize pass's counters in a run report, or None.
 
-    (An `int8_mac_share` counter, if the report has one instead, is taken as is.)
+    (An `int8_mac_share` counter, if the report has one instead, is taken as is.) The quantize
+    pass is found by name: a prelude's passes come first.
     """
     try:
-        counters = json.loads(Path(report_path).read_text())["passes"][0]["report"]["counters"]
+        passes = json.loads(Path(report_path).read_text())["passes"]
+        counters = [p for p in passes if p["name"] == "quantize"][-1]["report"]["counters"]
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
     if "int8_mac_share" in counters:
@@ -198,25 +257,37 @@ def load_samples(path):
     return [{name: np.asarray(array[i]) for name, array in arrays.items()} for i in range(count)]
 
 
+def feed_for(sess, sample):
+    """The sample's arrays for the inputs the session's model declares (a specialized model
+    lacks its pinned inputs); raises if the sample lacks one of them."""
+    names = [value.name for value in sess.get_inputs()]
+    missing = [name for name in names if name not in sample]
+    if missing:
+        raise RuntimeError(f"the model wants inputs {missing} the data does not have")
+    return {name: sample[name] for name in names}
+
+
 def first_outputs(sess, samples):
     """The first output for every sample, stacked: [samples, *output shape]."""
     name = sess.get_outputs()[0].name
-    return np.stack([sess.run([name], feed)[0] for feed in samples]).astype(np.float64)
+    return np.stack([sess.run([name], feed_for(sess, feed))[0] for feed in samples]).astype(np.float64)
 
 
-def latencies_ms(sessions, feed, runs, warmup, chunk=10):
+def latencies_ms(sessions, sample, runs, warmup, chunk=10):
     """Median single-sample run time of every session, in ms, measured interleaved.
 
     Each session first runs `warmup` times untimed; then the sessions take turns, `chunk`
     timed runs each, until each has `runs`. Interleaving spreads any load from other
-    processes over all of them alike, so the rows of one model stay comparable.
+    processes over all of them alike, so the rows of one model stay comparable. Each session
+    gets the sample's arrays for the inputs its model declares.
     """
-    for sess in sessions:
+    feeds = [feed_for(sess, sample) for sess in sessions]
+    for sess, feed in zip(sessions, feeds):
         for _ in range(warmup):
             sess.run(None, feed)
     times = [[] for _ in sessions]
     while len(times[0]) < runs:
-        for sess, mine in zip(sessions, times):
+        for sess, feed, mine in zip(sessions, feeds, times):
             for _ in range(min(chunk, runs - len(mine))):
                 start = time.perf_counter()
                 sess.run(None, feed)
@@ -279,9 +350,17 @@ def integer_kernels(path, optimized_path):
     return sum(n for op, n in counts.items() if op in INTEGER_KERNELS)
 
 
-def measure(path, samples, reference, optimized_path):
-    """Every column of one row but latency, for a model that exists; also its session and outputs."""
+def measure(path, samples, reference, optimized_path, pinned=()):
+    """Every column of one row but latency, for a model that exists; also its session and outputs.
+
+    `pinned`: the inputs the model is expected to lack (those a prelude pinned); any other
+    input of the data it lacks is an error, as is a pinned input it still has.
+    """
     sess = session(path)
+    declared = {value.name for value in sess.get_inputs()}
+    dropped = set(samples[0]) - declared
+    if dropped != set(pinned):
+        raise RuntimeError(f"the model's inputs are {sorted(declared)}; the data has {sorted(samples[0])}, pinned: {sorted(pinned)}")
     outputs = first_outputs(sess, samples)
     counts = op_counts(path)
     row = {
@@ -302,13 +381,27 @@ def measure(path, samples, reference, optimized_path):
 # One model
 
 
+def prelude_pipeline(prelude, model_name):
+    """A pipeline file's text with only the prelude's passes (the `whittle prelude` row)."""
+    items = "\n".join("  " + item for item in prelude_items(prelude))
+    return f"# composed by bench/quantize/run.py: the prelude of {model_name} alone\nversion: 1\npasses:\n{items}\n"
+
+
 def bench_model(name, paths, args, log):
-    """All rows of one model: fp32, onnxruntime's int8 and whittle's int8 per method."""
+    """All rows of one model: fp32, onnxruntime's int8 and whittle's int8 per method.
+
+    A model with a prelude gets one more row first, `whittle prelude`: the float model after
+    the prelude's passes alone. Its Conv/MatMul/Gemm count is the "int kernels" denominator of
+    the whittle rows (a specialized graph has the taken branch's kernels in its main graph).
+    """
     out_dir = args.build / "out" / name
     out_dir.mkdir(parents=True, exist_ok=True)
     samples = load_samples(paths["heldout"])
     model = paths["model"]
+    prelude = paths["prelude"]
+    pinned = bench_models.pinned_inputs(prelude)
     floats = sum(n for op, n in op_counts(model).items() if op in FLOAT_KERNELS)
+    whittle_floats = floats  # the prelude's output's count once the `whittle prelude` row has it
     rows = []
 
     fp32, reference, sess = measure(model, samples, None, out_dir / "fp32.ort-opt.onnx")
@@ -317,10 +410,11 @@ def bench_model(name, paths, args, log):
     log(f"{name}: fp32 measured")
 
     variants = [(f"onnxruntime {m}", f"ort-{m}", m) for m in args.ort_methods]
+    variants += [("whittle prelude", "whittle-prelude", None)] if prelude else []
     variants += [(f"whittle {m}", f"whittle-{m}", WHITTLE_PIPELINES[m]) for m in args.methods]
     variants += [(f"whittle {n}", f"whittle-{n}", path) for n, path in args.whittle_configs.items()]
     for label, stem, method in variants:
-        row = {"model": name, "quantizer": label, "floats": floats}
+        row = {"model": name, "quantizer": label, "floats": floats if label.startswith("onnxruntime") else whittle_floats}
         output = out_dir / f"{stem}.onnx"
         try:
             if label.startswith("onnxruntime"):
@@ -331,8 +425,14 @@ def bench_model(name, paths, args, log):
                 row["time_s"] = statistics.median(times)
                 args.ort_messages.update(dict.fromkeys(messages))
             else:  # `method` is the pipeline file
+                pipeline = method
+                if prelude:
+                    pipeline = output.with_suffix(".pipeline.yaml")
+                    text = prelude_pipeline(prelude, name) if method is None else compose_pipeline(method, prelude, name)
+                    pipeline.write_text(text)
+                    log(f"{name}: {label}: pipeline {shown_path(pipeline)} (prelude + {shown_path(method) if method else 'nothing'}), data {shown_path(paths['whittle_calib'])}")
                 row["time_s"] = statistics.median(
-                    quantize_with_whittle(args.whittle, method, model, paths["calib"], output, args.timeout)
+                    quantize_with_whittle(args.whittle, pipeline, model, paths["whittle_calib"], output, args.timeout)
                     for _ in range(args.repeat)
                 )
                 row["int8_macs"] = int8_mac_share(output.with_suffix(".report.json"))
@@ -342,9 +442,14 @@ def bench_model(name, paths, args, log):
             log(f"{name}: {label}: {row['error']}")
             continue
         try:
-            measured, _, sess = measure(output, samples, reference, out_dir / f"{stem}.ort-opt.onnx")
+            expected_missing = pinned if label.startswith("whittle") else {}
+            measured, _, sess = measure(output, samples, reference, out_dir / f"{stem}.ort-opt.onnx", expected_missing)
             row.update(measured)
             sessions.append((row, sess))
+            if method is None:  # the `whittle prelude` row
+                whittle_floats = sum(n for op, n in op_counts(output).items() if op in FLOAT_KERNELS)
+                row["floats"] = whittle_floats
+                row["note"] = "float: the prelude's passes only, no quantize"
         except Exception as error:  # noqa: BLE001
             row["error"] = f"onnxruntime could not run the int8 model: {error}"
         rows.append(row)
@@ -400,7 +505,17 @@ def shown_path(path):
     return os.path.relpath(path, ROOT) if Path(path).is_relative_to(ROOT) else str(path)
 
 
-def header(args, load_before, load_after):
+def prelude_lines(prepared):
+    """One header line per model with a prelude: its passes, as in the composed pipeline files."""
+    return [
+        f"- prelude of `{name}` (before every whittle pipeline; whittle gets `{shown_path(paths['whittle_calib'])}`): "
+        + "; ".join(f"`{item[2:]}`" for item in prelude_items(paths["prelude"]))
+        for name, paths in prepared.items()
+        if paths["prelude"]
+    ]
+
+
+def header(args, load_before, load_after, prepared):
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join([
         "# whittle quantize vs onnxruntime quantize_static",
@@ -415,6 +530,7 @@ def header(args, load_before, load_after):
         "the variants of a model interleaved; onnxruntime CPU provider, default optimizations (ORT_ENABLE_ALL), 1 thread",
         "- settings: QDQ, int8 per-channel weights, uint8 activations; onnxruntime without quant_pre_process",
         *[f"- row `whittle {name}`: `{shown_path(path)}`" for name, path in args.whittle_configs.items()],
+        *prelude_lines(prepared),
         f"- reproduce (from the repository root): `{reproduce_command()}`",
         "",
     ])  # fmt: skip
@@ -483,6 +599,8 @@ def whittle_config(spec, parser):
         parser.error(f"--whittle-configs: {spec!r} is not NAME=PATH")
     if name in WHITTLE_PIPELINES:
         parser.error(f"--whittle-configs: {name!r} is a calibration method already (see --methods)")
+    if name == "prelude":
+        parser.error("--whittle-configs: 'prelude' names the row of a model's prelude alone")
     path = Path(path).resolve()
     if not path.is_file():
         parser.error(f"--whittle-configs: no file {path}")
@@ -526,7 +644,7 @@ def main():
     for name, paths in prepared.items():
         rows += bench_model(name, paths, args, log)
     report = "\n".join([
-        header(args, load_before, os.getloadavg()[0]),
+        header(args, load_before, os.getloadavg()[0], prepared),
         table(rows),
         "",
         "Best whittle row per model (highest SQNR):",

@@ -410,6 +410,30 @@ mod tests {
     }
 
     #[test]
+    fn mse_weight_ranges_never_add_error_and_clip_lone_outliers() {
+        // One channel: 10 000 values spread over ±0.5 and one at 0.6 (clipping
+        // it to ~0.55 costs less than the coarser step costs everything else).
+        let mut w: Vec<f32> = (0..10_000).map(|i| (i as f32 / 9_999.0) - 0.5).collect();
+        w.push(0.6);
+        let grid = QType::Int8.grid(true);
+        let err = |q: &QuantWeight| -> f64 {
+            q.dequantized(QType::Int8, 1)
+                .iter()
+                .zip(&w)
+                .map(|(d, v)| f64::from(d - v).powi(2))
+                .sum()
+        };
+        let minmax = quantize_weight(&w, &[1, 10_001], Some(0), QType::Int8, &grid, false);
+        let mse = quantize_weight(&w, &[1, 10_001], Some(0), QType::Int8, &grid, true);
+        assert!(mse.scales[0] < minmax.scales[0], "{:?}", mse.scales);
+        assert!(err(&mse) < err(&minmax));
+        // Evenly spread values keep their full range.
+        let even: Vec<f32> = (0..=254).map(|i| (i as f32 - 127.0) / 127.0).collect();
+        let a = quantize_weight(&even, &[1, 255], Some(0), QType::Int8, &grid, true);
+        assert_eq!(a.scales, vec![1.0 / 127.0]);
+    }
+
+    #[test]
     fn all_zero_channels_get_scale_one() {
         let grid = QType::Int8.grid(true);
         let q = quantize_weight(&[0.0; 4], &[2, 2], Some(0), QType::Int8, &grid, false);

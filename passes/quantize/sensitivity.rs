@@ -427,3 +427,45 @@ fn describe(t: &Target) -> String {
     }
     parts.join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sqnr_lower_bound_widens_with_the_spread_of_per_sample_noise() {
+        // Equal noise on every sample: the bound is the pooled SQNR.
+        let even = lower_bound_db(100.0, &[1.0; 4]);
+        assert!((even - 10.0 * (100.0f64 / 4.0).log10()).abs() < 1e-12);
+        // Same total noise, all on one sample: lower.
+        assert!(lower_bound_db(100.0, &[4.0, 0.0, 0.0, 0.0]) < even - 1.0);
+        assert_eq!(lower_bound_db(1.0, &[0.0, 0.0]), f64::INFINITY);
+    }
+
+    #[test]
+    fn ranking_puts_noise_per_mac_first() {
+        let score = |db: f64| Score {
+            sqnr_db: db,
+            sqnr_db_low: db,
+            cosine: 1.0,
+            top1: None,
+        };
+        let node = crate::ir::Graph::new("g").add_node(crate::ir::Node::with_io(
+            "Conv",
+            "c",
+            &["x"],
+            &["y"],
+        ));
+        let row = |macs: Option<u64>, alone: f64| Row {
+            node,
+            label: String::new(),
+            macs,
+            alone: score(alone),
+            float_alone: score(30.0),
+        };
+        // 20 dB alone on 1000 MACs beats 10 dB alone on a million.
+        assert!(row(Some(1000), 20.0).gain_per_mac() > row(Some(1_000_000), 10.0).gain_per_mac());
+        // Nodes without MACs count one.
+        assert_eq!(row(None, 0.0).gain_per_mac(), 1.0);
+    }
+}

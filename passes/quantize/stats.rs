@@ -571,4 +571,26 @@ mod tests {
         st.add(&[1.0, f32::NAN, -2.0, f32::INFINITY]);
         assert_eq!((st.min, st.max, st.count, st.non_finite), (-2.0, 1.0, 2, 2));
     }
+
+    #[test]
+    fn channel_means_do_not_depend_on_merge_order() {
+        // Two samples of shape [1, 2, 2]: channel 0 then channel 1.
+        let samples = [[1.0f32, 3.0, 10.0, 30.0], [0.1, 0.2, 0.3, f32::NAN]];
+        let mut one = ChannelSums::new(1);
+        for (i, s) in samples.iter().enumerate() {
+            one.add(i, s, &[1, 2, 2]);
+        }
+        let (mut a, mut b) = (ChannelSums::new(1), ChannelSums::new(1));
+        a.add(1, &samples[1], &[1, 2, 2]);
+        b.add(0, &samples[0], &[1, 2, 2]);
+        a.merge(&b);
+        let means = one.means().unwrap();
+        assert_eq!(a.means().unwrap(), means);
+        // The NaN is skipped: channel 1 averages 10, 30 and 0.3.
+        assert!((means[0] - 1.075).abs() < 1e-6 && (means[1] - 40.3 / 3.0).abs() < 1e-6);
+        // A shape without the axis adds nothing.
+        let mut c = ChannelSums::new(3);
+        c.add(0, &samples[0], &[1, 2, 2]);
+        assert_eq!(c.means(), None);
+    }
 }
