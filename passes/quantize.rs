@@ -8,6 +8,8 @@
 //! ```
 //!
 //! What it does, in one streamed pass over the calibration data:
+//! 0. **Fold** every BatchNormalization into the Conv/ConvTranspose/Gemm
+//!    before it (`fold_batchnorm`, default on; as the `fold-batchnorm` pass).
 //! 1. **Plan** from the graph alone: Conv, ConvTranspose, Gemm and MatMul get
 //!    their activation inputs and output quantized; data-movement ops
 //!    (Reshape, Transpose, Squeeze, Unsqueeze, Flatten, Slice, MaxPool, ...)
@@ -21,8 +23,8 @@
 //!    statistics (min/max and, for the histogram methods, a histogram of
 //!    `|x|`), never the activations. Without `--data`, seeded synthetic
 //!    inputs are used and the report warns.
-//! 3. **Ranges**: `minmax`, `percentile`, `entropy` (KL) or `mse` picks each
-//!    tensor's range; overrides replace it. Scale and zero point follow
+//! 3. **Ranges**: `mse` (default), `minmax`, `percentile` or `entropy` (KL)
+//!    picks each tensor's range; overrides replace it. Scale and zero point follow
 //!    QuantizeLinear: asymmetric `s = (hi − lo)/(qmax − qmin)`,
 //!    `zp = round(qmin − lo/s)`; symmetric `s = 2·max(|lo|, |hi|)/(qmax − qmin)`.
 //! 4. **Rewrite**: weights become int8 initializers behind a DequantizeLinear
@@ -31,6 +33,9 @@
 //!    of Conv/ConvTranspose/Gemm become int32 with scale `s_x · s_w[c]`;
 //!    every planned activation gets one QuantizeLinear/DequantizeLinear pair
 //!    shared by its consumers (or one per consumer with `dedicated_pairs`).
+//!    Options: `weights.range: mse` clips each weight channel where that
+//!    lowers its squared error; `bias_correction` removes the mean output
+//!    shift weight rounding causes (see `correction.rs`).
 //!
 //! Graph inputs and outputs keep their float types: an output produced by a
 //! quantized op is produced by its DequantizeLinear. The default-domain
@@ -60,6 +65,7 @@
 
 mod calibrate;
 mod correction;
+mod equalize;
 mod plan;
 mod qdq;
 mod sensitivity;
@@ -144,6 +150,16 @@ pub struct Quantize {
     /// its weight quantization causes, `Σ_i E[x_i] · Σ_k (W_q − W)[o, i, k]`,
     /// with the input channel means `E[x_i]` measured during calibration.
     pub bias_correction: bool,
+    /// Channel equalization before calibration: divide each channel of a
+    /// Conv/MatMul/Gemm activation input by `s_i = a_i^α / w_i^(1−α)` and
+    /// multiply the weights reading it by `s_i`, absorbing `1/s_i` upstream
+    /// (a Mul/Add constant, a Conv/MatMul/Gemm's output channel, through
+    /// Relu and pooling): SmoothQuant, and cross-layer equalization for
+    /// Conv chains. Exact in real numbers.
+    pub equalize: bool,
+    /// The α of `equalize` (0..1): how much of each channel's range moves
+    /// into the weights.
+    pub equalize_alpha: f64,
 }
 
 /// An accuracy target for the quantized model against the float one; every
@@ -192,6 +208,8 @@ impl Default for Quantize {
             sensitivity: false,
             fold_batchnorm: true,
             bias_correction: false,
+            equalize: true,
+            equalize_alpha: 0.5,
         }
     }
 }
@@ -373,6 +391,12 @@ fn config_error(field: impl Into<String>, message: impl Into<String>) -> ConfigE
 
 impl Config for Quantize {
     fn check(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.equalize_alpha) {
+            return Err(config_error(
+                "equalize_alpha",
+                format!("{} is outside 0..1", self.equalize_alpha),
+            ));
+        }
         let known: Vec<&str> = plan::OPS.iter().map(|(o, _)| *o).collect();
         for (i, op) in self.ops.iter().enumerate() {
             if plan::role(op).is_none() {
@@ -774,6 +798,13 @@ impl Pass for Quantize {
         // output (their shapes give the MACs).
         let samples = load_samples(model, ctx, self.calibration.samples, &mut report)?;
         let threads = ctx.threads.unwrap_or_else(crate::exec::default_threads);
+        if self.equalize {
+            let n = self.equalize(model, &samples, ctx, threads, &mut report)?;
+            report.count("tensors_equalized", n as i64);
+            if n > 0 {
+                plan = self.plan_for(&model.graph, &s, &BTreeSet::new())?;
+            }
+        }
         let mut observed_names = plan.calibrated();
         for (_, n) in model.graph.nodes() {
             let shape_only = matches!(n.op_type(), "Softmax" | "LogSoftmax" | "Hardmax");
@@ -886,6 +917,52 @@ pub struct Measured {
 }
 
 impl Quantize {
+    /// Equalizes the channels of every tensor that allows it, from their
+    /// per-channel ranges over `samples`; returns how many.
+    fn equalize(
+        &self,
+        model: &mut Model,
+        samples: &[crate::data::Sample],
+        ctx: &PassContext,
+        threads: usize,
+        report: &mut PassReport,
+    ) -> Result<usize, PassError> {
+        let cands = equalize::candidates(&model.graph);
+        if cands.is_empty() {
+            return Ok(0);
+        }
+        let axes: BTreeMap<String, i64> =
+            cands.iter().map(|c| (c.tensor.clone(), c.axis)).collect();
+        let names: Vec<String> = axes.keys().cloned().collect();
+        let seen = calibrate::observe(
+            model,
+            &names,
+            &axes,
+            samples,
+            ctx.model_dir.as_deref(),
+            threads,
+            0,
+            ctx.progress,
+        )?;
+        let (mut absmax, mut rank) = (BTreeMap::new(), BTreeMap::new());
+        for ((name, st), shape) in names.iter().zip(seen.stats).zip(seen.shapes) {
+            if let (Ok(st), Some(shape)) = (st, shape) {
+                if let Some(ch) = &st.channels {
+                    absmax.insert(name.clone(), ch.absmax().to_vec());
+                    rank.insert(name.clone(), shape.len());
+                }
+            }
+        }
+        equalize::apply(
+            &mut model.graph,
+            &cands,
+            &absmax,
+            &rank,
+            self.equalize_alpha,
+            report,
+        )
+    }
+
     /// Samples the sensitivity analysis and the target check run on.
     fn target_samples(&self) -> usize {
         self.target.as_ref().map_or(8, |t| t.samples)

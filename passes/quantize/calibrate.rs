@@ -34,7 +34,7 @@ pub struct Observed {
 pub fn observe(
     model: &Model,
     tensors: &[String],
-    channel_axes: &std::collections::BTreeMap<String, usize>,
+    channel_axes: &std::collections::BTreeMap<String, i64>,
     samples: &[Sample],
     dir: Option<&std::path::Path>,
     threads: usize,

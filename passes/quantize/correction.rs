@@ -18,7 +18,7 @@ use super::plan::Plan;
 /// The activation inputs of nodes with a planned bias, and their channel
 /// axis (Conv: 1; Gemm: 1, or 0 with `transA`): what bias correction needs
 /// the channel means of.
-pub fn bias_inputs(g: &Graph, plan: &Plan) -> BTreeMap<String, usize> {
+pub fn bias_inputs(g: &Graph, plan: &Plan) -> BTreeMap<String, i64> {
     let mut out = BTreeMap::new();
     for b in &plan.biases {
         let n = g.node(b.node);

@@ -163,39 +163,57 @@ impl Histogram {
     }
 }
 
-/// Per-channel sums of a tensor along one axis, kept per sample and added in
-/// sample order at the end, so the means do not depend on how samples were
-/// spread over threads.
+/// Per-channel sums and largest magnitudes of a tensor along one axis. Sums
+/// are kept per sample and added in sample order at the end, so the means do
+/// not depend on how samples were spread over threads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChannelSums {
-    /// The channel axis.
-    pub axis: usize,
+    /// The channel axis; negative counts from the end.
+    pub axis: i64,
     /// (sample index, per-channel sum of finite values, per-channel count).
     per_sample: Vec<(usize, Vec<f64>, Vec<u64>)>,
+    /// Largest finite |x| per channel.
+    absmax: Vec<f64>,
 }
 
 impl ChannelSums {
     /// No samples yet.
-    pub fn new(axis: usize) -> ChannelSums {
+    pub fn new(axis: i64) -> ChannelSums {
         ChannelSums {
             axis,
             per_sample: Vec::new(),
+            absmax: Vec::new(),
         }
     }
 
     /// Adds sample `sample`'s `values` of shape `shape`; a shape without the
     /// axis adds nothing.
     pub fn add(&mut self, sample: usize, values: &[f32], shape: &[usize]) {
-        let Some(&channels) = shape.get(self.axis) else {
-            return;
+        let rank = shape.len() as i64;
+        let axis = if self.axis < 0 {
+            rank + self.axis
+        } else {
+            self.axis
         };
-        let inner: usize = shape[self.axis + 1..].iter().product();
+        if axis < 0 || axis >= rank {
+            return;
+        }
+        let axis = axis as usize;
+        let channels = shape[axis];
+        let inner: usize = shape[axis + 1..].iter().product();
         let (mut sums, mut counts) = (vec![0f64; channels], vec![0u64; channels]);
+        if self.absmax.len() != channels {
+            if !self.absmax.is_empty() {
+                return;
+            }
+            self.absmax = vec![0.0; channels];
+        }
         for (i, &v) in values.iter().enumerate() {
             if v.is_finite() {
                 let c = (i / inner.max(1)) % channels.max(1);
                 sums[c] += f64::from(v);
                 counts[c] += 1;
+                self.absmax[c] = self.absmax[c].max(f64::from(v.abs()));
             }
         }
         self.per_sample.push((sample, sums, counts));
@@ -204,6 +222,18 @@ impl ChannelSums {
     /// Adds sums gathered elsewhere.
     pub fn merge(&mut self, other: &ChannelSums) {
         self.per_sample.extend(other.per_sample.iter().cloned());
+        if self.absmax.is_empty() {
+            self.absmax = other.absmax.clone();
+        } else if self.absmax.len() == other.absmax.len() {
+            for (a, b) in self.absmax.iter_mut().zip(&other.absmax) {
+                *a = a.max(*b);
+            }
+        }
+    }
+
+    /// The largest |x| of every channel; empty when nothing was seen.
+    pub fn absmax(&self) -> &[f64] {
+        &self.absmax
     }
 
     /// The mean of every channel over all samples (0 for a channel never
@@ -592,5 +622,10 @@ mod tests {
         let mut c = ChannelSums::new(3);
         c.add(0, &samples[0], &[1, 2, 2]);
         assert_eq!(c.means(), None);
+        // Largest magnitudes, along the last axis counted from the end.
+        assert_eq!(a.absmax(), &[3.0, 30.0]);
+        let mut last = ChannelSums::new(-1);
+        last.add(0, &samples[0], &[1, 2, 2]);
+        assert_eq!(last.absmax(), &[10.0, 30.0]);
     }
 }
