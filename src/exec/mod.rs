@@ -401,7 +401,14 @@ impl Runner {
             };
             runnable.map_err(|e| self.typing_error(&e))
         }))
-        .map_err(|p| ExecError::Unsupported {
+        .map_err(|p| self.typing_panic(p))??;
+        state.plans.insert(key, built.clone());
+        Ok(built)
+    }
+
+    /// The error for a panic tract raised while typing the model.
+    fn typing_panic(&self, p: Box<dyn std::any::Any + Send>) -> ExecError {
+        ExecError::Unsupported {
             model: self.label.clone(),
             node: None,
             op: None,
@@ -410,9 +417,7 @@ impl Runner {
                 panic_message(p)
             ),
             hint: None,
-        })??;
-        state.plans.insert(key, built.clone());
-        Ok(built)
+        }
     }
 
     fn typing_error(&self, e: &tract_onnx::prelude::TractError) -> ExecError {
@@ -464,16 +469,7 @@ impl Runner {
                 .map_err(|e| self.typing_error(&e))?;
         }
         let typed = catch_unwind(AssertUnwindSafe(|| model.into_typed()))
-            .map_err(|p| ExecError::Unsupported {
-                model: self.label.clone(),
-                node: None,
-                op: None,
-                reason: format!(
-                    "tract panicked while typing the model: {}",
-                    panic_message(p)
-                ),
-                hint: None,
-            })?
+            .map_err(|p| self.typing_panic(p))?
             .map_err(|e| self.typing_error(&e))?;
         let outlets = typed
             .output_outlets()
