@@ -9,7 +9,9 @@
 //!
 //! What it does, in one streamed pass over the calibration data:
 //! 0. **Fold** every BatchNormalization into the Conv/ConvTranspose/Gemm
-//!    before it (`fold_batchnorm`, default on; as the `fold-batchnorm` pass).
+//!    before it (`fold_batchnorm`, default on; as the `fold-batchnorm` pass),
+//!    then **equalize** the channels of compute-op inputs from one pass over
+//!    the data (`equalize`, default on; exact in float; see `equalize.rs`).
 //! 1. **Plan** from the graph alone: Conv, ConvTranspose, Gemm and MatMul get
 //!    their activation inputs and output quantized; data-movement ops
 //!    (Reshape, Transpose, Squeeze, Unsqueeze, Flatten, Slice, MaxPool, ...)
@@ -128,6 +130,13 @@ pub struct Quantize {
     /// Fold a Relu or Clip(0, m) into the range of the op before it, where
     /// that is exact (asymmetric activation grid).
     pub fold_activations: bool,
+    /// Where pairs go: `all` (every quantized op's inputs and output, what
+    /// onnxruntime needs to fuse a Conv into QLinearConv) or `inputs` (only
+    /// the inputs of quantized ops and what data-movement ops between them
+    /// need; a compute op's output stays float unless a quantized op reads
+    /// it: less rounding, but onnxruntime runs such a Conv in float, while a
+    /// MatMul still gets MatMulIntegerToFloat).
+    pub placement: Placement,
     /// Quantize graph outputs produced by a quantized op (the output stays
     /// float, produced by a DequantizeLinear), so runtimes can fuse the last
     /// op into an integer kernel. false keeps those outputs unquantized.
@@ -202,6 +211,7 @@ impl Default for Quantize {
             exclude_nodes: Vec::new(),
             dedicated_pairs: None,
             fold_activations: true,
+            placement: Placement::All,
             quantize_graph_outputs: true,
             overrides: BTreeMap::new(),
             target: None,
@@ -231,6 +241,16 @@ const DEFAULT_OPS: &[&str] = &[
     "Flatten",
     "Slice",
 ];
+
+/// Where QuantizeLinear/DequantizeLinear pairs go.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// Inputs and outputs of every quantized op.
+    All,
+    /// Inputs of quantized ops only.
+    Inputs,
+}
 
 /// A preset of defaults.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
@@ -637,6 +657,7 @@ pub struct Settings {
     ops: BTreeSet<String>,
     dedicated: bool,
     fold_activations: bool,
+    inputs_only: bool,
     quantize_graph_outputs: bool,
 }
 
@@ -675,6 +696,7 @@ impl Quantize {
             ops: self.ops.iter().cloned().collect(),
             dedicated: self.dedicated_pairs.unwrap_or(trt),
             fold_activations: self.fold_activations,
+            inputs_only: self.placement == Placement::Inputs,
             quantize_graph_outputs: self.quantize_graph_outputs,
         }
     }

@@ -307,6 +307,44 @@ fn batchnorm_folding_bias_correction_and_weight_ranges_are_switchable() {
     assert_sqnr_at_least("resnet_tiny", &tmp.path().join("corrected.1.onnx"), "30");
 }
 
+/// `placement: inputs` leaves compute outputs that no quantized op reads
+/// float: fewer pairs, every MatMul still reads quantized inputs.
+#[test]
+fn input_only_placement_quantizes_fewer_tensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut pairs = Vec::new();
+    for placement in ["all", "inputs"] {
+        let config = pipeline(
+            tmp.path(),
+            &format!("{placement}.yaml"),
+            &format!("      placement: {placement}"),
+        );
+        let out = tmp.path().join(format!("{placement}.onnx"));
+        quantize(&config, "transformer_tiny", &out, &[]);
+        let m = load(&out);
+        let g = &m.graph;
+        let q = g
+            .nodes()
+            .filter(|(_, n)| n.op_type() == "QuantizeLinear")
+            .count();
+        // Every MatMul with a constant weight reads a DequantizeLinear.
+        for (_, n) in g.nodes().filter(|(_, n)| n.op_type() == "MatMul") {
+            let from_dq = |v: &String| {
+                g.producer(v)
+                    .is_some_and(|(p, _)| g.node(p).op_type() == "DequantizeLinear")
+            };
+            assert!(
+                from_dq(&n.inputs[0]),
+                "{placement}: {} reads a float input",
+                n.label()
+            );
+        }
+        pairs.push(q);
+        assert_sqnr_at_least("transformer_tiny", &out, "28");
+    }
+    assert!(pairs[1] < pairs[0], "pairs: {pairs:?}");
+}
+
 /// Same data and config give the same bytes whatever the thread count, for
 /// every calibration method; each method gives a usable model.
 #[test]

@@ -510,6 +510,11 @@ fn compute(
     }
     // Output, or the Relu/Clip that alone reads it.
     let y = n.outputs.first().map(String::as_str).unwrap_or("");
+    if s.inputs_only {
+        // Quantized only if a quantized reader needs it as its input.
+        what.push("output left to its readers (placement: inputs)".into());
+        return Ok(what.join(", "));
+    }
     let uses = g.uses(y);
     let fold = match uses.as_slice() {
         [u] if s.fold_activations && !g.is_output(y) => {
