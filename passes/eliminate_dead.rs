@@ -197,27 +197,7 @@ fn bypass_identities(g: &mut Graph) -> usize {
 
 /// Removes nodes whose outputs cannot reach a graph output. Returns how many.
 pub fn remove_dead_nodes(g: &mut Graph) -> usize {
-    let mut live_values: Vec<String> = g.outputs.iter().map(|o| o.name().to_string()).collect();
-    let mut live_nodes = BTreeSet::new();
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    while let Some(v) = live_values.pop() {
-        if !seen.insert(v.clone()) {
-            continue;
-        }
-        let Some((id, _)) = g.producer(&v) else {
-            continue;
-        };
-        if !live_nodes.insert(id) {
-            continue;
-        }
-        let n = g.node(id);
-        live_values.extend(n.inputs.iter().filter(|i| !i.is_empty()).cloned());
-        for a in &n.attributes {
-            for sub in a.graphs() {
-                live_values.extend(sub.outer_references());
-            }
-        }
-    }
+    let (live_nodes, _) = g.upstream(g.outputs.iter().map(|o| o.name().to_string()));
     let dead: Vec<_> = g
         .node_ids()
         .into_iter()

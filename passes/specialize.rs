@@ -1380,29 +1380,11 @@ fn inline_if(g: &mut Graph, id: NodeId, taken: bool) -> Result<(), PassError> {
 /// Nodes whose outputs `v` depends on (through inputs and captures), and
 /// the graph inputs it reads.
 fn ancestry(g: &Graph, roots: &[String]) -> (BTreeSet<NodeId>, BTreeSet<String>) {
-    let (mut nodes, mut inputs, mut seen) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
-    let mut stack: Vec<String> = roots.to_vec();
-    while let Some(v) = stack.pop() {
-        if !seen.insert(v.clone()) {
-            continue;
-        }
-        if g.is_input(&v) && g.initializer(&v).is_none() {
-            inputs.insert(v.clone());
-        }
-        let Some((id, _)) = g.producer(&v) else {
-            continue;
-        };
-        if !nodes.insert(id) {
-            continue;
-        }
-        let n = g.node(id);
-        stack.extend(n.inputs.iter().filter(|i| !i.is_empty()).cloned());
-        for a in &n.attributes {
-            for sub in a.graphs() {
-                stack.extend(sub.outer_references());
-            }
-        }
-    }
+    let (nodes, values) = g.upstream(roots.iter().cloned());
+    let inputs = values
+        .into_iter()
+        .filter(|v| g.is_input(v) && g.initializer(v).is_none())
+        .collect();
     (nodes, inputs)
 }
 

@@ -422,6 +422,36 @@ impl Graph {
         })
     }
 
+    /// The nodes the values `roots` depend on, through node inputs and the
+    /// values their subgraphs capture, and every value visited on the way
+    /// (`roots` included).
+    pub fn upstream(
+        &self,
+        roots: impl IntoIterator<Item = String>,
+    ) -> (BTreeSet<NodeId>, BTreeSet<String>) {
+        let (mut nodes, mut seen) = (BTreeSet::new(), BTreeSet::new());
+        let mut stack: Vec<String> = roots.into_iter().collect();
+        while let Some(v) = stack.pop() {
+            if !seen.insert(v.clone()) {
+                continue;
+            }
+            let Some((id, _)) = self.producer(&v) else {
+                continue;
+            };
+            if !nodes.insert(id) {
+                continue;
+            }
+            let n = self.node(id);
+            stack.extend(n.inputs.iter().filter(|i| !i.is_empty()).cloned());
+            for a in &n.attributes {
+                for sub in a.graphs() {
+                    stack.extend(sub.outer_references());
+                }
+            }
+        }
+        (nodes, seen)
+    }
+
     /// Names this graph's nodes (and their subgraphs) read but do not define:
     /// the values a subgraph captures from its enclosing scopes.
     pub fn outer_references(&self) -> BTreeSet<String> {
