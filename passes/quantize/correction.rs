@@ -4,10 +4,11 @@
 //! `E[x_i]` measured during calibration (per sample, summed in sample order,
 //! so thread count does not change a byte).
 //!
-//! Measured on the bench (BENCHMARKS.md): it helps fully quantized models
-//! (+0.3 to +3.6 dB with `mse` ranges) but, with means taken from 32
-//! samples, mixed-precision choices made with it generalize worse (PP-OCR
-//! cls: 23.1 vs 29.3 dB held-out), so it is off by default.
+//! Measured on the bench (BENCHMARKS.md, "Ablation"): it helps most fully
+//! quantized models (with `mse` ranges: resnet_tiny +3.2 dB, PP-OCR cls
+//! +2.0; silero-vad −0.6) but, with means taken from 32 samples,
+//! mixed-precision choices made with it generalize worse (PP-OCR cls: 23.1
+//! vs 29.3 dB held-out), so it is off by default.
 
 use std::collections::BTreeMap;
 
