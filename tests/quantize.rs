@@ -307,6 +307,48 @@ fn batchnorm_folding_bias_correction_and_weight_ranges_are_switchable() {
     assert_sqnr_at_least("resnet_tiny", &tmp.path().join("corrected.1.onnx"), "30");
 }
 
+/// `method: auto` measures each tensor's candidate ranges in context, reports
+/// the choice, and gives the same bytes on 1 and 2 threads.
+#[test]
+fn auto_range_method_is_measured_reported_and_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = pipeline(
+        tmp.path(),
+        "auto.yaml",
+        "      calibration: { method: auto }",
+    );
+    let mut bytes = Vec::new();
+    for threads in ["1", "2"] {
+        let out = tmp.path().join(format!("auto.{threads}.onnx"));
+        let report = tmp.path().join(format!("auto.{threads}.json"));
+        quantize(
+            &config,
+            "resnet_tiny",
+            &out,
+            &["--threads", threads, "--report", report.to_str().unwrap()],
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let details = json["passes"][0]["report"]["details"].as_array().unwrap();
+        let choices: Vec<_> = details
+            .iter()
+            .filter(|d| d["kind"] == "range_choice")
+            .collect();
+        assert!(!choices.is_empty(), "no range choice reported");
+        for c in &choices {
+            let chosen = c["chosen"].as_str().unwrap();
+            assert!(
+                ["minmax", "percentile", "entropy", "mse"].contains(&chosen),
+                "{c}"
+            );
+            assert!(c["measured"].as_array().unwrap().len() >= 2, "{c}");
+        }
+        bytes.push(std::fs::read(&out).unwrap());
+    }
+    assert!(bytes[0] == bytes[1], "auto: 1 and 2 threads differ");
+    assert_sqnr_at_least("resnet_tiny", &tmp.path().join("auto.1.onnx"), "30");
+}
+
 /// `placement: inputs` leaves compute outputs that no quantized op reads
 /// float: fewer pairs, every MatMul still reads quantized inputs.
 #[test]

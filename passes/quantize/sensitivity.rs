@@ -38,7 +38,9 @@ use crate::exec::{metrics, parallel_map, run_samples, Runner};
 use crate::ir::{Graph, Model, NodeId};
 use crate::passes::{PassContext, PassError, PassReport};
 
-use super::plan::{Plan, Role};
+use super::plan::{Plan, RangeSource, Role};
+use super::qdq::TensorParams;
+use super::stats::RangeMethod;
 use super::{Measured, Quantize, Settings, Target};
 
 /// How close a variant's outputs are to the float model's (worst output).
@@ -331,6 +333,111 @@ pub fn analyse(
         met,
         evaluations,
     })
+}
+
+/// `method: auto`: for every tensor with its own calibrated range, the range
+/// method that gives the best output SQNR with every other tensor quantized
+/// by `mse` (on `eval`; ties go to the earlier of minmax, percentile,
+/// entropy, mse). Tensors whose methods all give the same scale and zero
+/// point are not measured; data-movement outputs sharing a range follow it.
+#[allow(clippy::too_many_arguments)]
+pub fn choose_methods(
+    q: &Quantize,
+    s: &Settings,
+    model: &Model,
+    plan: &Plan,
+    cal: &Measured,
+    eval: &[Sample],
+    ctx: &PassContext,
+    threads: usize,
+    report: &mut PassReport,
+) -> Result<BTreeMap<String, (RangeMethod, &'static str)>, PassError> {
+    let dir = ctx.model_dir.as_deref();
+    let fail = |e: crate::exec::ExecError| PassError::Model(format!("range choice: {e}"));
+    let methods: [(RangeMethod, &'static str); 4] = [
+        (RangeMethod::MinMax, "minmax"),
+        (
+            RangeMethod::Percentile(q.calibration.percentile),
+            "percentile",
+        ),
+        (RangeMethod::Entropy, "entropy"),
+        (RangeMethod::Mse, "mse"),
+    ];
+    // Jobs: (tensor, method index, parameters), distinct parameters only.
+    let mut jobs: Vec<(usize, usize, TensorParams)> = Vec::new(); // params: for the distinct check
+    for (ti, t) in plan.tensors.iter().enumerate() {
+        if !matches!(t.range, RangeSource::Calibrated) || q.overrides.contains_key(&t.name) {
+            continue;
+        }
+        let Some(st) = cal.stats.get(&t.name) else {
+            continue;
+        };
+        let mut distinct: Vec<(usize, TensorParams)> = Vec::new();
+        for (mi, &m) in methods.iter().enumerate() {
+            let mut one = s.clone();
+            one.per_tensor.insert(t.name.clone(), m);
+            let Some(p) = q.params_of(&one, &t.name, Some(st)) else {
+                continue;
+            };
+            if !distinct
+                .iter()
+                .any(|(_, d)| d.scale == p.scale && d.zero_point == p.zero_point)
+            {
+                distinct.push((mi, p));
+            }
+        }
+        if distinct.len() > 1 {
+            jobs.extend(distinct.into_iter().map(|(mi, p)| (ti, mi, p)));
+        }
+    }
+    let mut chosen = BTreeMap::new();
+    if jobs.is_empty() {
+        return Ok(chosen);
+    }
+    let float = Runner::from_model("float model", model, dir).map_err(fail)?;
+    let reference = run_samples(&float, eval, threads).map_err(fail)?;
+    drop(float);
+    let progress = super::calibrate::Progress::new(ctx.progress, jobs.len(), "choosing ranges");
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let scores: Vec<Result<f64, PassError>> = parallel_map(&jobs, threads, |_, (ti, mi, _)| {
+        // Everything quantized, this tensor with method `mi`: rounding noise
+        // adds up over tensors, so a range judged alone would favour no clipping.
+        let mut one = s.clone();
+        one.per_tensor
+            .insert(plan.tensors[*ti].name.clone(), methods[*mi]);
+        let m = q.variant(model, &one, &BTreeSet::new(), cal)?;
+        let r = Runner::from_model("range variant", &m, dir)
+            .map_err(fail)?
+            .without_optimization();
+        let got = run_samples(&r, eval, 1).map_err(fail)?;
+        progress.tick(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+        Ok(score(&reference, &got).sqnr_db)
+    });
+    progress.finish();
+    let scores: Vec<f64> = scores.into_iter().collect::<Result<_, _>>()?;
+    let mut best: BTreeMap<usize, (usize, f64)> = BTreeMap::new();
+    let mut measured: BTreeMap<usize, Vec<serde_json::Value>> = BTreeMap::new();
+    for ((ti, mi, _), sc) in jobs.iter().zip(&scores) {
+        measured
+            .entry(*ti)
+            .or_default()
+            .push(json!({ "method": methods[*mi].1, "sqnr_db": finite(*sc) }));
+        let e = best.entry(*ti).or_insert((*mi, *sc));
+        if *sc > e.1 {
+            *e = (*mi, *sc);
+        }
+    }
+    for (ti, (mi, _)) in best {
+        let name = plan.tensors[ti].name.clone();
+        report.details.push(json!({
+            "kind": "range_choice", "tensor": name, "chosen": methods[mi].1,
+            "measured": measured.remove(&ti).unwrap_or_default(),
+        }));
+        chosen.insert(name, methods[mi]);
+    }
+    report.count("range_choices_measured", jobs.len() as i64);
+    report.count("tensors_range_chosen", chosen.len() as i64);
+    Ok(chosen)
 }
 
 fn db(v: f64) -> String {
