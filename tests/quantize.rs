@@ -94,6 +94,32 @@ fn assert_sqnr_at_least(fixture: &str, model: &Path, db: &str) {
     );
 }
 
+/// Quantizes `fixture` with `config` on 1 and 2 threads, asserts the two
+/// outputs are byte-identical, and returns the first output's path and both
+/// JSON reports.
+fn quantize_on_1_and_2_threads(
+    config: &Path,
+    fixture: &str,
+    dir: &Path,
+    stem: &str,
+) -> (PathBuf, Vec<serde_json::Value>) {
+    let (mut bytes, mut reports) = (Vec::new(), Vec::new());
+    for threads in ["1", "2"] {
+        let out = dir.join(format!("{stem}.{threads}.onnx"));
+        let report = dir.join(format!("{stem}.{threads}.json"));
+        quantize(
+            config,
+            fixture,
+            &out,
+            &["--threads", threads, "--report", report.to_str().unwrap()],
+        );
+        reports.push(serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap());
+        bytes.push(std::fs::read(&out).unwrap());
+    }
+    assert!(bytes[0] == bytes[1], "{stem}: 1 and 2 threads differ");
+    (dir.join(format!("{stem}.1.onnx")), reports)
+}
+
 /// Writes `arrays` as an uncompressed .npz (numpy's own layout, little-endian f32/other).
 fn write_npz(path: &Path, arrays: &[(String, Array)]) {
     let file = std::fs::File::create(path).unwrap();
@@ -283,28 +309,14 @@ fn batchnorm_folding_bias_correction_and_weight_ranges_are_switchable() {
         "corrected.yaml",
         "      bias_correction: true\n      weights: { range: mse }",
     );
-    let mut bytes = Vec::new();
-    for threads in ["1", "2"] {
-        let out = tmp.path().join(format!("corrected.{threads}.onnx"));
-        let report = tmp.path().join(format!("corrected.{threads}.json"));
-        quantize(
-            &corrected,
-            "resnet_tiny",
-            &out,
-            &["--threads", threads, "--report", report.to_str().unwrap()],
-        );
-        let json: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let (first, reports) =
+        quantize_on_1_and_2_threads(&corrected, "resnet_tiny", tmp.path(), "corrected");
+    for json in &reports {
         let c = &json["passes"][0]["report"]["counters"];
         assert!(c["biases_corrected"].as_i64() > Some(0), "{c}");
         assert_eq!(c["biases_corrected"], c["biases_quantized"], "{c}");
-        bytes.push(std::fs::read(&out).unwrap());
     }
-    assert!(
-        bytes[0] == bytes[1],
-        "bias correction: 1 and 2 threads differ"
-    );
-    assert_sqnr_at_least("resnet_tiny", &tmp.path().join("corrected.1.onnx"), "30");
+    assert_sqnr_at_least("resnet_tiny", &first, "30");
 }
 
 /// `method: auto` measures each tensor's candidate ranges in context, reports
@@ -317,18 +329,8 @@ fn auto_range_method_is_measured_reported_and_deterministic() {
         "auto.yaml",
         "      calibration: { method: auto }",
     );
-    let mut bytes = Vec::new();
-    for threads in ["1", "2"] {
-        let out = tmp.path().join(format!("auto.{threads}.onnx"));
-        let report = tmp.path().join(format!("auto.{threads}.json"));
-        quantize(
-            &config,
-            "resnet_tiny",
-            &out,
-            &["--threads", threads, "--report", report.to_str().unwrap()],
-        );
-        let json: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let (first, reports) = quantize_on_1_and_2_threads(&config, "resnet_tiny", tmp.path(), "auto");
+    for json in &reports {
         let details = json["passes"][0]["report"]["details"].as_array().unwrap();
         let choices: Vec<_> = details
             .iter()
@@ -343,10 +345,8 @@ fn auto_range_method_is_measured_reported_and_deterministic() {
             );
             assert!(c["measured"].as_array().unwrap().len() >= 2, "{c}");
         }
-        bytes.push(std::fs::read(&out).unwrap());
     }
-    assert!(bytes[0] == bytes[1], "auto: 1 and 2 threads differ");
-    assert_sqnr_at_least("resnet_tiny", &tmp.path().join("auto.1.onnx"), "30");
+    assert_sqnr_at_least("resnet_tiny", &first, "30");
 }
 
 /// `placement: inputs` leaves compute outputs that no quantized op reads

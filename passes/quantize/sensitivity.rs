@@ -363,8 +363,8 @@ pub fn choose_methods(
         (RangeMethod::Entropy, "entropy"),
         (RangeMethod::Mse, "mse"),
     ];
-    // Jobs: (tensor, method index, parameters), distinct parameters only.
-    let mut jobs: Vec<(usize, usize, TensorParams)> = Vec::new(); // params: for the distinct check
+    // Jobs: (tensor, method index), one per distinct scale and zero point.
+    let mut jobs: Vec<(usize, usize)> = Vec::new();
     for (ti, t) in plan.tensors.iter().enumerate() {
         if !matches!(t.range, RangeSource::Calibrated) || q.overrides.contains_key(&t.name) {
             continue;
@@ -387,7 +387,7 @@ pub fn choose_methods(
             }
         }
         if distinct.len() > 1 {
-            jobs.extend(distinct.into_iter().map(|(mi, p)| (ti, mi, p)));
+            jobs.extend(distinct.into_iter().map(|(mi, _)| (ti, mi)));
         }
     }
     let mut chosen = BTreeMap::new();
@@ -399,7 +399,7 @@ pub fn choose_methods(
     drop(float);
     let progress = super::calibrate::Progress::new(ctx.progress, jobs.len(), "choosing ranges");
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let scores: Vec<Result<f64, PassError>> = parallel_map(&jobs, threads, |_, (ti, mi, _)| {
+    let scores: Vec<Result<f64, PassError>> = parallel_map(&jobs, threads, |_, (ti, mi)| {
         // Everything quantized, this tensor with method `mi`: rounding noise
         // adds up over tensors, so a range judged alone would favour no clipping.
         let mut one = s.clone();
@@ -417,7 +417,7 @@ pub fn choose_methods(
     let scores: Vec<f64> = scores.into_iter().collect::<Result<_, _>>()?;
     let mut best: BTreeMap<usize, (usize, f64)> = BTreeMap::new();
     let mut measured: BTreeMap<usize, Vec<serde_json::Value>> = BTreeMap::new();
-    for ((ti, mi, _), sc) in jobs.iter().zip(&scores) {
+    for ((ti, mi), sc) in jobs.iter().zip(&scores) {
         measured
             .entry(*ti)
             .or_default()
