@@ -68,6 +68,7 @@
 mod calibrate;
 mod correction;
 mod equalize;
+mod gptq;
 mod plan;
 mod qdq;
 mod sensitivity;
@@ -323,6 +324,12 @@ pub struct Weights {
     /// range shrunk by the factor in 1.00..0.50 with the least squared
     /// rounding-plus-clipping error).
     pub range: WeightRange,
+    /// How weights are rounded to their levels: `nearest`, or `gptq` (each
+    /// Conv/MatMul/Gemm row rounded in order, every rounding error pushed
+    /// onto the row's weights not rounded yet, so that the error of the
+    /// layer's output on the calibration inputs is least; one extra pass
+    /// over the calibration samples gathers their second moments).
+    pub rounding: WeightRounding,
 }
 
 impl Default for Weights {
@@ -332,6 +339,7 @@ impl Default for Weights {
             per_channel: true,
             symmetric: true,
             range: WeightRange::Minmax,
+            rounding: WeightRounding::Nearest,
         }
     }
 }
@@ -344,6 +352,16 @@ pub enum WeightRange {
     Minmax,
     /// The least squared error.
     Mse,
+}
+
+/// How weights are rounded.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightRounding {
+    /// Each weight to its nearest level.
+    Nearest,
+    /// Least output error on the calibration inputs (GPTQ).
+    Gptq,
 }
 
 /// Activation options.
@@ -662,6 +680,7 @@ pub struct Settings {
     weights: QType,
     w_symmetric: bool,
     w_mse: bool,
+    w_gptq: bool,
     per_channel: bool,
     int32_bias: bool,
     ops: BTreeSet<String>,
@@ -703,6 +722,7 @@ impl Quantize {
             weights: self.weights.dtype.into(),
             w_symmetric: self.weights.symmetric,
             w_mse: self.weights.range == WeightRange::Mse,
+            w_gptq: self.weights.rounding == WeightRounding::Gptq,
             per_channel: self.weights.per_channel,
             int32_bias: self.int32_bias.unwrap_or(!trt),
             ops: self.ops.iter().cloned().collect(),
@@ -876,6 +896,7 @@ impl Pass for Quantize {
             stats: BTreeMap::new(),
             not_float: BTreeMap::new(),
             shapes: BTreeMap::new(),
+            rounded: BTreeMap::new(),
         };
         for ((name, st), shape) in observed_names
             .iter()
@@ -905,6 +926,11 @@ impl Pass for Quantize {
             "ops_upgraded",
             raise_opset(model, needed, &cal.shapes)? as i64,
         );
+
+        if s.w_gptq {
+            cal.rounded = self.round_weights(model, &s, &plan, &samples, ctx, threads)?;
+            report.count("weights_rounded_gptq", cal.rounded.len() as i64);
+        }
 
         if s.auto {
             let eval = &samples[..samples.len().min(self.target_samples())];
@@ -938,7 +964,7 @@ impl Pass for Quantize {
         }
         drop(samples);
         let params = self.params_for(&s, &plan, &cal.stats);
-        self.apply(model, &s, &plan, &params, &cal.stats, &mut report)?;
+        self.apply(model, &s, &plan, &params, &cal, &mut report)?;
         let int8: u64 = plan
             .nodes
             .iter()
@@ -963,6 +989,8 @@ pub struct Measured {
     pub not_float: BTreeMap<String, DataType>,
     /// Shapes of the observed tensors in the first sample.
     pub shapes: BTreeMap<String, Vec<usize>>,
+    /// Weights rounded by GPTQ, by name and axis (`weights.rounding: gptq`).
+    pub rounded: BTreeMap<(String, Option<usize>), qdq::QuantWeight>,
 }
 
 impl Quantize {
@@ -1071,9 +1099,10 @@ impl Quantize {
         s: &Settings,
         plan: &Plan,
         params: &BTreeMap<String, TensorParams>,
-        stats: &BTreeMap<String, stats::TensorStats>,
+        cal: &Measured,
         report: &mut PassReport,
     ) -> Result<(), PassError> {
+        let stats = &cal.stats;
         let mut ed = qdq::Editor::new(&mut model.graph, s.dedicated);
         ed.apply_folds(plan);
         report.count("activations_folded", plan.folds.len() as i64);
@@ -1089,7 +1118,10 @@ impl Quantize {
                     .ok_or_else(|| PassError::Model(format!("weight {:?} vanished", w.name)))?;
             let dims = t.dims.clone();
             let values = t.to_f32()?;
-            let q = qdq::quantize_weight(&values, &dims, w.axis, s.weights, &wgrid, s.w_mse);
+            let q = match cal.rounded.get(&(w.name.clone(), w.axis)) {
+                Some(q) => q.clone(),
+                None => qdq::quantize_weight(&values, &dims, w.axis, s.weights, &wgrid, s.w_mse),
+            };
             if self.bias_correction {
                 let node = ed.g.node(w.node);
                 let input = node.inputs.first().cloned().unwrap_or_default();
@@ -1201,15 +1233,51 @@ impl Quantize {
         let mut plan = self.plan_for(&m.graph, s, keep_float)?;
         drop_non_float(&mut plan, &cal.not_float);
         let params = self.params_for(s, &plan, &cal.stats);
-        self.apply(
-            &mut m,
-            s,
-            &plan,
-            &params,
-            &cal.stats,
-            &mut PassReport::default(),
-        )?;
+        self.apply(&mut m, s, &plan, &params, cal, &mut PassReport::default())?;
         Ok(m)
+    }
+
+    /// `weights.rounding: gptq`: every planned Conv/MatMul/Gemm weight GPTQ
+    /// can round, rounded against its inputs' second moments on `samples`
+    /// (scales and zero points as nearest rounding gives them).
+    fn round_weights(
+        &self,
+        model: &Model,
+        s: &Settings,
+        plan: &Plan,
+        samples: &[crate::data::Sample],
+        ctx: &PassContext,
+        threads: usize,
+    ) -> Result<BTreeMap<(String, Option<usize>), qdq::QuantWeight>, PassError> {
+        let grams = gptq::grams(
+            model,
+            &plan.weights,
+            samples,
+            ctx.model_dir.as_deref(),
+            threads,
+        )?;
+        let wgrid = s.weights.grid(s.w_symmetric);
+        let jobs: Vec<(&(String, Option<usize>), &gptq::Gram)> = grams.iter().collect();
+        let rounded = crate::exec::parallel_map(&jobs, threads, |_, ((name, axis), gram)| {
+            let t = model.graph.initializer(name)?;
+            let values = t.to_f32().ok()?;
+            let nearest = qdq::quantize_weight(&values, &t.dims, *axis, s.weights, &wgrid, s.w_mse);
+            let (channels, inner) = match axis {
+                Some(a) => (
+                    t.dims[*a].max(1) as usize,
+                    t.dims[a + 1..].iter().product::<i64>().max(1) as usize,
+                ),
+                None => (1, 1),
+            };
+            gptq::round(&values, &nearest, s.weights, gram, |i| {
+                (i / inner) % channels
+            })
+        });
+        Ok(jobs
+            .into_iter()
+            .zip(rounded)
+            .filter_map(|((key, _), q)| q.map(|q| (key.clone(), q)))
+            .collect())
     }
 }
 
