@@ -164,16 +164,21 @@ fn add(stat: &mut Result<TensorStats, DataType>, sample: usize, a: &Array, value
         *stat = Err(a.dtype);
         return;
     }
+    floats_into(a, values);
+    st.add(values);
+    if let Some(ch) = &mut st.channels {
+        ch.add(sample, values, &a.shape);
+    }
+}
+
+/// The f32 values of a float array into `values` (reused between calls).
+pub fn floats_into(a: &Array, values: &mut Vec<f32>) {
     values.clear();
     values.extend(
         a.data
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
     );
-    st.add(values);
-    if let Some(ch) = &mut st.channels {
-        ch.add(sample, values, &a.shape);
-    }
 }
 
 /// A one-line progress bar on stderr, drawn only on a terminal.

@@ -389,12 +389,7 @@ pub fn grams(
                 if a.dtype != DataType::Float {
                     return;
                 }
-                values.clear();
-                values.extend(
-                    a.data
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                );
+                super::calibrate::floats_into(a, &mut values);
                 job.layout.accumulate(&values, &a.shape, &mut h);
             }
         });
