@@ -41,26 +41,7 @@ pub fn observe(
     bins: usize,
     progress: bool,
 ) -> Result<Observed, PassError> {
-    let g = &model.graph;
-    let input_index = |t: &str| g.inputs.iter().position(|i| i.name() == t);
-    // Graph inputs are read from the samples; everything else is an output.
-    let mut probe = model.clone();
-    let mut slots: Vec<Source> = Vec::with_capacity(tensors.len());
-    for t in tensors {
-        if let Some(i) = input_index(t) {
-            slots.push(Source::Input(i));
-        } else if let Some(o) = probe.graph.outputs.iter().position(|o| o.name() == t) {
-            slots.push(Source::Output(o));
-        } else {
-            probe.graph.outputs.push(ValueInfo {
-                name: Some(t.clone()),
-                ty: None,
-                doc_string: None,
-                metadata_props: Vec::new(),
-            });
-            slots.push(Source::Output(probe.graph.outputs.len() - 1));
-        }
-    }
+    let (probe, slots) = probe(model, tensors);
     let runner = Runner::from_model("calibration model", &probe, dir)
         .map_err(|e| PassError::Model(format!("calibration: {e}")))?;
     for s in samples {
@@ -97,18 +78,11 @@ pub fn observe(
                     if i == 0 {
                         let mut shapes = first_shapes.lock().unwrap_or_else(|e| e.into_inner());
                         for (shape, slot) in shapes.iter_mut().zip(&slots) {
-                            *shape = Some(match *slot {
-                                Source::Input(k) => sample[k].shape.clone(),
-                                Source::Output(k) => outputs[k].shape.clone(),
-                            });
+                            *shape = Some(slot.pick(sample, &outputs).shape.clone());
                         }
                     }
                     for (stat, slot) in acc.iter_mut().zip(&slots) {
-                        let a = match *slot {
-                            Source::Input(k) => &sample[k],
-                            Source::Output(k) => &outputs[k],
-                        };
-                        add(stat, i, a, &mut values);
+                        add(stat, i, slot.pick(sample, &outputs), &mut values);
                     }
                 }
                 Err(e) => {
@@ -152,10 +126,47 @@ pub fn observe(
     })
 }
 
+/// A copy of `model` with every tensor of `tensors` readable after a run:
+/// graph inputs are read from the sample, everything else becomes an output.
+pub fn probe(model: &Model, tensors: &[String]) -> (Model, Vec<Source>) {
+    let g = &model.graph;
+    let mut probe = model.clone();
+    let mut slots: Vec<Source> = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        if let Some(i) = g.inputs.iter().position(|v| v.name() == t) {
+            slots.push(Source::Input(i));
+        } else if let Some(o) = probe.graph.outputs.iter().position(|o| o.name() == t) {
+            slots.push(Source::Output(o));
+        } else {
+            probe.graph.outputs.push(ValueInfo {
+                name: Some(t.clone()),
+                ty: None,
+                doc_string: None,
+                metadata_props: Vec::new(),
+            });
+            slots.push(Source::Output(probe.graph.outputs.len() - 1));
+        }
+    }
+    (probe, slots)
+}
+
+/// Where a probed tensor is found after a run.
 #[derive(Debug, Clone, Copy)]
-enum Source {
+pub enum Source {
+    /// The sample's input at this index.
     Input(usize),
+    /// The run's output at this index.
     Output(usize),
+}
+
+impl Source {
+    /// The probed tensor in `sample`'s run with `outputs`.
+    pub fn pick<'a>(self, sample: &'a [Array], outputs: &'a [Array]) -> &'a Array {
+        match self {
+            Source::Input(k) => &sample[k],
+            Source::Output(k) => &outputs[k],
+        }
+    }
 }
 
 fn add(stat: &mut Result<TensorStats, DataType>, sample: usize, a: &Array, values: &mut Vec<f32>) {

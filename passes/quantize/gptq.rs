@@ -30,7 +30,7 @@ use std::sync::Mutex;
 
 use crate::data::{Array, Sample};
 use crate::exec::{parallel_map, run_samples, Runner};
-use crate::ir::{DataType, Model, Node, ValueInfo};
+use crate::ir::{DataType, Model, Node};
 use crate::passes::PassError;
 
 use super::plan::PlannedWeight;
@@ -341,29 +341,13 @@ pub fn grams(
     if jobs.is_empty() || samples.is_empty() {
         return Ok(out);
     }
-    // The inputs become outputs of a copy of the model (graph inputs are read
-    // from the samples).
-    let mut probe = model.clone();
-    let mut slot: BTreeMap<String, Result<usize, usize>> = BTreeMap::new();
-    for j in &jobs {
-        if slot.contains_key(&j.input) {
-            continue;
-        }
-        let s = if let Some(i) = g.inputs.iter().position(|v| v.name() == j.input) {
-            Err(i)
-        } else if let Some(o) = probe.graph.outputs.iter().position(|o| o.name() == j.input) {
-            Ok(o)
-        } else {
-            probe.graph.outputs.push(ValueInfo {
-                name: Some(j.input.clone()),
-                ty: None,
-                doc_string: None,
-                metadata_props: Vec::new(),
-            });
-            Ok(probe.graph.outputs.len() - 1)
-        };
-        slot.insert(j.input.clone(), s);
-    }
+    // Each distinct input once, read from a copy of the model (or the samples).
+    let mut inputs: Vec<String> = jobs.iter().map(|j| j.input.clone()).collect();
+    inputs.sort();
+    inputs.dedup();
+    let (probe, sources) = super::calibrate::probe(model, &inputs);
+    let slot: BTreeMap<&str, super::calibrate::Source> =
+        inputs.iter().map(String::as_str).zip(sources).collect();
     let fail = |e: crate::exec::ExecError| PassError::Model(format!("gptq inputs: {e}"));
     let runner = Runner::from_model("gptq input model", &probe, dir).map_err(fail)?;
     drop(probe);
@@ -382,10 +366,7 @@ pub fn grams(
             let mut h = totals[ji].lock().unwrap_or_else(|e| e.into_inner());
             let mut values: Vec<f32> = Vec::new();
             for (sample, outs) in chunk.iter().zip(&outputs) {
-                let a: &Array = match slot[&job.input] {
-                    Ok(o) => &outs[o],
-                    Err(i) => &sample[i],
-                };
+                let a: &Array = slot[job.input.as_str()].pick(sample, outs);
                 if a.dtype != DataType::Float {
                     return;
                 }
