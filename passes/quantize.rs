@@ -1,4 +1,4 @@
-//! `quantize`: static int8 quantization in QDQ form, with calibration.
+//! `quantize`: int8 quantization in QDQ form, with calibration.
 //!
 //! ```text
 //! before:  x ─ Conv(W, b) ─ y ─ Relu ─ r ─ MaxPool ─ m ─ Gemm(V, c) ─ logits
@@ -39,10 +39,17 @@
 //!    lowers its squared error; `bias_correction` removes the mean output
 //!    shift weight rounding causes (see `correction.rs`).
 //!
+//! With `activations.scaling: dynamic` (or the nodes `activations.dynamic_nodes`
+//! names), a Conv or MatMul with a constant weight takes its input's scale
+//! from each run instead: `x ─ DynamicQuantizeLinear ─ ConvInteger(x_u8, W_i8)
+//! ─ Cast ─ × s_x·s_w[c] ─ + b ─ y`, output and bias float (see `dynamic.rs`).
+//! For inputs whose level varies from run to run, where one calibrated scale
+//! rounds quiet runs to a few levels.
+//!
 //! Graph inputs and outputs keep their float types: an output produced by a
 //! quantized op is produced by its DequantizeLinear. The default-domain
 //! opset is raised to what the emitted ops need (13 for per-channel scales,
-//! 10 otherwise) when no op of the model changed meaning in between; else the
+//! 11 for DynamicQuantizeLinear, 10 otherwise) when no op of the model changed meaning in between; else the
 //! pass stops and names the op. Subgraphs (If/Loop bodies) are left float.
 //!
 //! Before planning, Constant nodes holding tensors become initializers (so
@@ -67,6 +74,7 @@
 
 mod calibrate;
 mod correction;
+mod dynamic;
 mod equalize;
 mod gptq;
 mod plan;
@@ -92,7 +100,7 @@ use stats::{Grid, RangeMethod};
 pub const INFO: PassInfo = PassInfo {
     name: "quantize",
     summary:
-        "static int8 quantization: QDQ pairs with calibrated ranges, int8 weights, int32 biases",
+        "int8 quantization: QDQ pairs with calibrated ranges (or per-run input scales), int8 weights, int32 biases",
     doc: include_str!("quantize.rs"),
     schema: super::schema_of::<Quantize>,
     build: |o| Ok(Box::new(parse_config::<Quantize>(o)?)),
@@ -374,6 +382,28 @@ pub struct Activations {
     /// Symmetric range, zero point in the middle of the grid (default: false;
     /// true under `profile: tensorrt`).
     pub symmetric: Option<bool>,
+    /// `static` (scale and zero point fixed from calibration) or `dynamic`:
+    /// every Conv and MatMul with a constant weight gets its input's scale
+    /// from each run's own range (DynamicQuantizeLinear, uint8) and runs as
+    /// ConvInteger/MatMulInteger with a float bias added after; its output
+    /// stays float. For inputs whose level changes from run to run (audio,
+    /// quiet and loud) a fixed scale cannot serve. Gemm and ConvTranspose
+    /// have no such kernel and stay static. Needs symmetric weights.
+    pub scaling: Scaling,
+    /// Compute nodes scaled dynamically even when `scaling` is static:
+    /// exact names or `{ regex: "..." }`.
+    pub dynamic_nodes: Vec<NodeMatch>,
+}
+
+/// How an activation input gets its scale.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Scaling {
+    /// From calibration, fixed in the model.
+    #[default]
+    Static,
+    /// From each run's values.
+    Dynamic,
 }
 
 /// An 8-bit integer type.
@@ -489,6 +519,7 @@ impl Config for Quantize {
         for (list, field) in [
             (&self.include_nodes, "include_nodes"),
             (&self.exclude_nodes, "exclude_nodes"),
+            (&self.activations.dynamic_nodes, "activations.dynamic_nodes"),
         ] {
             for (i, m) in list.iter().enumerate() {
                 if let NodeMatch::Regex(r) = m {
@@ -555,6 +586,20 @@ impl Config for Quantize {
             }
         }
         let s = self.settings();
+        let dynamic = self.activations.scaling == Scaling::Dynamic
+            || !self.activations.dynamic_nodes.is_empty();
+        if dynamic && !s.w_symmetric {
+            return Err(config_error(
+                "weights.symmetric",
+                "dynamic activation scaling needs symmetric weights (ConvInteger and MatMulInteger take one weight zero point)",
+            ));
+        }
+        if dynamic && self.profile == Profile::Tensorrt {
+            return Err(config_error(
+                "activations.scaling",
+                "profile tensorrt has no dynamic scaling (TensorRT wants static Q/DQ pairs)",
+            ));
+        }
         if self.profile == Profile::Tensorrt {
             if s.act != QType::Int8 || !s.act_symmetric {
                 return Err(config_error(
@@ -747,6 +792,8 @@ pub struct NodeFilter {
     include: Vec<Matcher>,
     exclude: Vec<Matcher>,
     keep_float: BTreeSet<crate::ir::NodeId>,
+    all_dynamic: bool,
+    dynamic: Vec<Matcher>,
 }
 
 enum Matcher {
@@ -779,7 +826,19 @@ impl NodeFilter {
             include: q.include_nodes.iter().map(Matcher::new).collect(),
             exclude: q.exclude_nodes.iter().map(Matcher::new).collect(),
             keep_float,
+            all_dynamic: q.activations.scaling == Scaling::Dynamic,
+            dynamic: q
+                .activations
+                .dynamic_nodes
+                .iter()
+                .map(Matcher::new)
+                .collect(),
         }
+    }
+
+    /// Whether compute node `name`'s input is scaled per run.
+    pub fn dynamic(&self, name: &str) -> bool {
+        self.all_dynamic || self.dynamic.iter().any(|m| m.matches(name))
     }
 
     /// Why a node is filtered out, if it is.
@@ -844,6 +903,8 @@ impl Pass for Quantize {
         }
         let needed = if plan.weights.iter().any(|w| w.axis.is_some()) {
             13
+        } else if !plan.dynamic.is_empty() {
+            11
         } else {
             10
         };
@@ -1112,6 +1173,9 @@ impl Quantize {
         // Bias correction: the shift of each node's bias, by node.
         let mut corrections: BTreeMap<crate::ir::NodeId, Vec<f64>> = BTreeMap::new();
         let mut seen_weights = BTreeSet::new();
+        // Dynamic nodes: their inputs' DynamicQuantizeLinear outputs, and their biases.
+        let mut shared = dynamic::Shared::new();
+        let mut dynamic_biases = Vec::new();
         for w in &plan.weights {
             let t =
                 ed.g.initializer(&w.name)
@@ -1150,9 +1214,40 @@ impl Quantize {
                     .details
                     .push(weight_detail(&w.name, w.axis, &q, s.weights, &dims));
             }
-            ed.weight(
-                w.node, w.slot, &w.name, w.axis, &q, s.weights, &dims, &mut cache,
-            );
+            if plan.dynamic.contains(&w.node) {
+                let node = ed.g.node(w.node);
+                let bias = match node.inputs.get(2).filter(|b| !b.is_empty()) {
+                    Some(b) => {
+                        let b = b.clone();
+                        let mut values = ed.g.initializer(&b).map_or(Ok(vec![]), |t| t.to_f32())?;
+                        if let Some(c) =
+                            corrections.get(&w.node).filter(|c| c.len() == values.len())
+                        {
+                            for (v, d) in values.iter_mut().zip(c) {
+                                *v = (f64::from(*v) - d) as f32;
+                            }
+                        }
+                        dynamic_biases.push(b);
+                        Some(values)
+                    }
+                    None => None,
+                };
+                dynamic::emit(
+                    &mut ed,
+                    w.node,
+                    &q,
+                    s.weights,
+                    &dims,
+                    bias.as_deref(),
+                    &mut shared,
+                )
+                .map_err(PassError::Model)?;
+                report.count("inputs_dynamic", 1);
+            } else {
+                ed.weight(
+                    w.node, w.slot, &w.name, w.axis, &q, s.weights, &dims, &mut cache,
+                );
+            }
             weight_scales.push(q.scales);
         }
         for b in &plan.biases {
@@ -1211,6 +1306,7 @@ impl Quantize {
             .iter()
             .map(|w| w.name.as_str())
             .chain(plan.biases.iter().map(|b| b.name.as_str()))
+            .chain(dynamic_biases.iter().map(String::as_str))
             .collect();
         for name in replaced {
             if g_unused(ed.g, name) {
@@ -1341,6 +1437,7 @@ impl Quantize {
         for (list, field) in [
             (&self.include_nodes, "include_nodes"),
             (&self.exclude_nodes, "exclude_nodes"),
+            (&self.activations.dynamic_nodes, "activations.dynamic_nodes"),
         ] {
             for (i, m) in list.iter().enumerate() {
                 match m {

@@ -155,13 +155,12 @@ fn write_npz(path: &Path, arrays: &[(String, Array)]) {
     zip.finish().unwrap();
 }
 
-/// Runs `model` in tract over the fixture's samples and writes its outputs
+/// Runs `model` in tract over the samples of `data` and writes its outputs
 /// (first axis = samples) next to it.
-fn tract_outputs(model_path: &Path, fixture: &str) -> PathBuf {
+fn tract_outputs(model_path: &Path, data: &Path) -> PathBuf {
     let model: Model = whittle::onnx::load(model_path).unwrap();
     let runner = Runner::from_model("int8", &model, model_path.parent()).unwrap();
     let inputs = InputSpec::of_graph(&model.graph).unwrap();
-    let data = common::fixture(&format!("{fixture}.data.npz"));
     let samples = load_samples(&data, &inputs, &BTreeMap::new(), None).unwrap();
     let outs = whittle::exec::run_samples(&runner, &samples.samples, 2).unwrap();
     let mut arrays = Vec::new();
@@ -188,8 +187,8 @@ fn int8_models_use_onnxruntime_integer_kernels_and_tract_agrees_within_a_step() 
     for f in FIXTURES {
         let out = tmp.path().join(format!("{f}.int8.onnx"));
         quantize(&config, f, &out, &[]);
-        let tract = tract_outputs(&out, f);
         let data = common::fixture(&format!("{f}.data.npz"));
+        let tract = tract_outputs(&out, &data);
         let _ = writeln!(
             list,
             "{}\t{}\t{}",
@@ -603,4 +602,195 @@ fn an_accuracy_target_keeps_the_most_sensitive_nodes_float() {
     .collect();
     let e = run_err(&strs(&a));
     assert!(e.contains("target") && e.contains("min_sqnr_db"), "{e}");
+}
+
+/// A linear model, `x[1,4,32] → Conv(W[8,4,5]) → MatMul(M[28,6]) → z`, with
+/// seeded weights, saved to `dir/linear.onnx`; and its data, `count` samples
+/// uniform in [-amplitude, amplitude), saved to `dir/NAME.npz`.
+fn linear_model(dir: &Path) -> PathBuf {
+    use whittle::ir::{Dim, Graph, Node, Tensor, TypeInfo, ValueInfo};
+    let mut seed = 7u64;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+    };
+    let mut g = Graph::new("linear");
+    let w: Vec<f32> = (0..8 * 4 * 5).map(|_| next()).collect();
+    let m: Vec<f32> = (0..28 * 6).map(|_| next()).collect();
+    g.add_initializer(Tensor::from_f32("W", vec![8, 4, 5], &w));
+    g.add_initializer(Tensor::from_f32("M", vec![28, 6], &m));
+    g.add_node(Node::with_io("Conv", "conv", &["x", "W"], &["y"]));
+    g.add_node(Node::with_io("MatMul", "matmul", &["y", "M"], &["z"]));
+    let shape = |d: &[i64]| d.iter().map(|&v| Dim::known(v)).collect();
+    g.inputs.push(ValueInfo::new(
+        "x",
+        TypeInfo::tensor(DataType::Float, shape(&[1, 4, 32])),
+    ));
+    g.outputs.push(ValueInfo::new(
+        "z",
+        TypeInfo::tensor(DataType::Float, shape(&[1, 8, 6])),
+    ));
+    let path = dir.join("linear.onnx");
+    whittle::onnx::save(&Model::new(g, 13), &path, &Default::default()).unwrap();
+    path
+}
+
+fn linear_data(dir: &Path, name: &str, amplitude: f32) -> PathBuf {
+    let mut seed = 11u64;
+    let values: Vec<u8> = (0..16 * 4 * 32)
+        .flat_map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0;
+            (u * amplitude).to_le_bytes()
+        })
+        .collect();
+    let path = dir.join(format!("{name}.npz"));
+    let array = Array::new(DataType::Float, vec![16, 1, 4, 32], values).unwrap();
+    write_npz(&path, &[("x".to_string(), array)]);
+    path
+}
+
+/// `activations.scaling: dynamic`: the Conv and the MatMul become
+/// DynamicQuantizeLinear → ConvInteger/MatMulInteger, every MAC int8, the same
+/// bytes on 1 and 2 threads; onnxruntime keeps the integer kernels and agrees
+/// with tract; and inputs 1000× quieter than the calibration data keep their
+/// accuracy, where a calibrated (static) scale rounds them to nothing.
+#[test]
+fn dynamic_scaling_makes_integer_kernels_that_keep_quiet_inputs_accurate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = linear_model(dir);
+    let loud = linear_data(dir, "loud", 1.0);
+    let quiet = linear_data(dir, "quiet", 0.001);
+    let run = |config: &Path, out: &Path, threads: &str| {
+        let report = out.with_extension("json");
+        run_ok(&[
+            "run",
+            config.to_str().unwrap(),
+            "--input",
+            model.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--data",
+            loud.to_str().unwrap(),
+            "--threads",
+            threads,
+            "--report",
+            report.to_str().unwrap(),
+        ]);
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        json["passes"][0]["report"]["counters"].clone()
+    };
+    let dynamic = pipeline(
+        dir,
+        "dynamic.yaml",
+        "      activations: { scaling: dynamic }",
+    );
+    let (d1, d2) = (dir.join("d1.onnx"), dir.join("d2.onnx"));
+    let c = run(&dynamic, &d1, "1");
+    run(&dynamic, &d2, "2");
+    assert!(
+        std::fs::read(&d1).unwrap() == std::fs::read(&d2).unwrap(),
+        "1 and 2 threads differ"
+    );
+    assert_eq!(c["inputs_dynamic"], 2, "{c}");
+    assert_eq!(c["macs_int8"], c["macs_total"], "{c}");
+    let mut ops: Vec<String> = load(&d1)
+        .graph
+        .nodes()
+        .map(|(_, n)| n.op_type().to_string())
+        .collect();
+    ops.sort();
+    ops.dedup();
+    assert_eq!(
+        ops,
+        [
+            "Cast",
+            "ConvInteger",
+            "DynamicQuantizeLinear",
+            "MatMulInteger",
+            "Mul"
+        ],
+        "no float Conv/MatMul and no static pair left"
+    );
+    let statik = pipeline(dir, "static.yaml", "      {}");
+    let s = dir.join("s.onnx");
+    run(&statik, &s, "2");
+
+    let sqnr_gate = |quantized: &Path, data: &Path, db: &str| {
+        common::whittle(&[
+            "validate",
+            model.to_str().unwrap(),
+            quantized.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--min-sqnr",
+            db,
+        ])
+        .status
+        .success()
+    };
+    // Loud data: both are accurate.
+    assert!(sqnr_gate(&d1, &loud, "35"));
+    assert!(sqnr_gate(&s, &loud, "35"));
+    // Quiet data: the per-run scale follows the input; the calibrated one does not.
+    assert!(sqnr_gate(&d1, &quiet, "35"));
+    assert!(!sqnr_gate(&s, &quiet, "10"));
+
+    // onnxruntime keeps both integer kernels and matches tract on the loud
+    // and the quiet data (the output is float: an absolute tolerance).
+    let mut list = String::new();
+    for data in [&loud, &quiet] {
+        let copy = dir.join(format!(
+            "{}.d.onnx",
+            data.file_stem().unwrap().to_str().unwrap()
+        ));
+        std::fs::copy(&d1, &copy).unwrap();
+        let tract = tract_outputs(&copy, data);
+        let _ = writeln!(
+            list,
+            "{}\t{}\t{}",
+            copy.display(),
+            data.display(),
+            tract.display()
+        );
+    }
+    let list_path = dir.join("list.txt");
+    std::fs::write(&list_path, &list).unwrap();
+    let out = common::run_python(
+        "ort_quant_check.py",
+        &[
+            &list_path,
+            Path::new("--float-tolerance"),
+            Path::new("1e-5"),
+        ],
+    );
+    let (stdout, stderr) = common::text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("ort-quant: 2 passed, 0 failed"),
+        "{stdout}\n{stderr}"
+    );
+
+    // Dynamic inputs need one weight zero point.
+    let bad = pipeline(
+        dir,
+        "bad.yaml",
+        "      activations: { scaling: dynamic }\n      weights: { symmetric: false }",
+    );
+    let e = run_err(&[
+        "run",
+        bad.to_str().unwrap(),
+        "--input",
+        model.to_str().unwrap(),
+        "--output",
+        dir.join("bad.onnx").to_str().unwrap(),
+    ]);
+    assert!(e.contains("weights.symmetric"), "{e}");
+    assert!(!dir.join("bad.onnx").exists());
 }

@@ -173,6 +173,9 @@ pub struct Plan {
     pub folds: Vec<Fold>,
     /// Every node of the main graph.
     pub nodes: Vec<NodeStatus>,
+    /// Compute nodes whose input is scaled per run (their weight is in
+    /// `weights`; input, output and bias stay float in the plan).
+    pub dynamic: BTreeSet<NodeId>,
 }
 
 impl Plan {
@@ -303,7 +306,10 @@ pub fn plan(
             continue;
         }
         let outcome = match role {
-            Role::Compute => compute(g, s, &mut p, id, grid_folds, &mut folded),
+            Role::Compute => {
+                let dynamic = filter.dynamic(n.name());
+                compute(g, s, &mut p, id, dynamic, grid_folds, &mut folded)
+            }
             Role::Move | Role::Activation => {
                 let x = n.inputs.first().map(String::as_str).unwrap_or("");
                 if p.index(x).is_none() {
@@ -410,6 +416,7 @@ fn compute(
     s: &Settings,
     p: &mut Plan,
     id: NodeId,
+    dynamic: bool,
     grid_folds: &dyn Fn(&str) -> bool,
     folded: &mut BTreeMap<NodeId, String>,
 ) -> Result<String, String> {
@@ -430,6 +437,27 @@ fn compute(
         }
     }
     let mut what = vec![format!("input {x:?}")];
+    // The bias is added in float after the integer kernel: a constant, one
+    // value per output channel.
+    let float_bias = |channels: i64| {
+        input(2).is_empty()
+            || g.initializer(input(2)).is_some_and(|b| {
+                b.dtype() == DataType::Float && b.dims == [channels] && !g.is_input(input(2))
+            })
+    };
+    let integer_kernel = match (op, g.initializer(w)) {
+        ("Conv", Some(t)) => t.dims.len() >= 3 && float_bias(t.dims[0]),
+        ("MatMul", Some(t)) => t.dims.len() == 2,
+        _ => false,
+    };
+    if dynamic && integer_kernel {
+        what[0] = format!("input {x:?} scaled per run (DynamicQuantizeLinear)");
+    } else if dynamic {
+        what.push(format!(
+            "static: {op} has no dynamic integer form here (Conv and MatMul with a constant weight do)"
+        ));
+    }
+    let dynamic = dynamic && integer_kernel;
     let weight = match g.initializer(w) {
         Some(t) if t.dtype() != DataType::Float => {
             return Err(format!("weight {w:?} is {}, not float32", t.dtype().name()))
@@ -470,6 +498,15 @@ fn compute(
             None
         }
     };
+    if dynamic {
+        p.dynamic.insert(id);
+        what.push(format!("{op}Integer"));
+        if !input(2).is_empty() {
+            what.push("bias float (added after)".into());
+        }
+        what.push("output float".into());
+        return Ok(what.join(", "));
+    }
     p.read(x, id, 0);
     if weight.is_none() {
         p.read(w, id, 1);

@@ -191,7 +191,7 @@ impl<'g> Editor<'g> {
     }
 
     /// `base`, or `base_1`, `base_2`... : a node name not yet taken.
-    fn node_name(&mut self, base: &str) -> String {
+    pub fn node_name(&mut self, base: &str) -> String {
         let name = if self.node_names.contains(base) {
             (1..)
                 .map(|i| format!("{base}_{i}"))

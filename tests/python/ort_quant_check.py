@@ -6,7 +6,8 @@ Usage:
 
 LIST.txt holds one case a line, `MODEL<TAB>DATA.npz<TAB>TRACT_OUTPUTS.npz`:
 
-- MODEL is a QDQ model (QuantizeLinear/DequantizeLinear pairs around float ops);
+- MODEL is a QDQ model (QuantizeLinear/DequantizeLinear pairs around float ops),
+  possibly with dynamically scaled ConvInteger/MatMulInteger nodes;
 - DATA.npz holds the inputs, one array per graph input, samples first (as the
   fixtures' `.data.npz`);
 - TRACT_OUTPUTS.npz holds tract's outputs of MODEL on DATA, one array per graph
@@ -137,7 +138,9 @@ def label(node):
 
 def quantized_compute_nodes(model):
     """MODEL's Conv/ConvTranspose/MatMul/Gemm nodes fed by a DequantizeLinear,
-    each with its graph's producer map, consumer map and graph outputs.
+    and its ConvInteger/MatMulInteger nodes (dynamic activation scaling: the
+    input comes from a DynamicQuantizeLinear), each with its graph's producer
+    map, consumer map and graph outputs.
 
     Producers are looked up per graph and its enclosing graphs, so a subgraph's
     compute node may read a DequantizeLinear of the outer graph.
@@ -158,6 +161,8 @@ def quantized_compute_nodes(model):
                 src = producers.get(node.input[0])
                 if src is not None and src.op_type == "DequantizeLinear":
                     found.append((node, producers, consumers, outputs))
+            if _domain(node) == "" and node.op_type in ("ConvInteger", "MatMulInteger"):
+                found.append((node, producers, consumers, outputs))
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:
                     visit(attr.g, producers)
