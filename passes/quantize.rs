@@ -388,7 +388,8 @@ pub struct Activations {
     /// ConvInteger/MatMulInteger with a float bias added after; its output
     /// stays float. For inputs whose level changes from run to run (audio,
     /// quiet and loud) a fixed scale cannot serve. Gemm and ConvTranspose
-    /// have no such kernel and stay static. Needs symmetric weights.
+    /// have no such kernel and stay static. `auto` measures both per node
+    /// and keeps the better one. Needs symmetric weights.
     pub scaling: Scaling,
     /// Compute nodes scaled dynamically even when `scaling` is static:
     /// exact names or `{ regex: "..." }`.
@@ -404,6 +405,10 @@ pub enum Scaling {
     Static,
     /// From each run's values.
     Dynamic,
+    /// Per node, whichever of the two gives the better output SQNR with only
+    /// that node quantized (measured in tract on the first `target.samples`
+    /// samples; ties go to static).
+    Auto,
 }
 
 /// An 8-bit integer type.
@@ -586,7 +591,7 @@ impl Config for Quantize {
             }
         }
         let s = self.settings();
-        let dynamic = self.activations.scaling == Scaling::Dynamic
+        let dynamic = self.activations.scaling != Scaling::Static
             || !self.activations.dynamic_nodes.is_empty();
         if dynamic && !s.w_symmetric {
             return Err(config_error(
@@ -733,6 +738,9 @@ pub struct Settings {
     fold_activations: bool,
     inputs_only: bool,
     quantize_graph_outputs: bool,
+    /// `scaling: auto`: the compute nodes chosen dynamic (replaces the
+    /// config's choice once measured).
+    dynamic_choice: Option<BTreeSet<crate::ir::NodeId>>,
 }
 
 impl Quantize {
@@ -775,6 +783,7 @@ impl Quantize {
             fold_activations: self.fold_activations,
             inputs_only: self.placement == Placement::Inputs,
             quantize_graph_outputs: self.quantize_graph_outputs,
+            dynamic_choice: None,
         }
     }
 
@@ -993,34 +1002,39 @@ impl Pass for Quantize {
             report.count("weights_rounded_gptq", cal.rounded.len() as i64);
         }
 
-        if s.auto {
-            let eval = &samples[..samples.len().min(self.target_samples())];
-            s.per_tensor = sensitivity::choose_methods(
-                self,
-                &s,
-                model,
-                &plan,
-                &cal,
-                eval,
-                ctx,
-                threads,
-                &mut report,
-            )?;
-        }
-
-        // Sensitivity and the accuracy target: which compute nodes stay float.
+        // Range choice, scaling choice, sensitivity and the accuracy target
+        // measure variant models against one float run. The sensitivity
+        // analysis checks the target on all the samples; the choices use the
+        // first `target.samples`.
+        let measures = self.sensitivity || self.target.is_some();
+        let choices = s.auto || self.activations.scaling == Scaling::Auto;
         let macs = sensitivity::node_macs(&model.graph, &cal.shapes);
         let mut keep_float = BTreeSet::new();
-        if self.sensitivity || self.target.is_some() {
-            let eval = &samples[..samples.len().min(self.target_samples())];
-            let outcome = sensitivity::analyse(
-                self, &s, model, &plan, &cal, eval, &samples, ctx, threads, &macs,
-            )?;
-            keep_float = outcome.keep_float.clone();
-            outcome.report(&mut report, self.target.as_ref());
-            if !keep_float.is_empty() {
-                plan = self.plan_for(&model.graph, &s, &keep_float)?;
+        if measures || choices {
+            let probed = if measures {
+                &samples[..]
+            } else {
+                &samples[..samples.len().min(self.target_samples())]
+            };
+            let probe = sensitivity::Probe::new(self, model, &cal, probed, ctx, threads)?;
+            if s.auto {
+                s.per_tensor = sensitivity::choose_methods(&probe, &s, &plan, &mut report)?;
+            }
+            if self.activations.scaling == Scaling::Auto {
+                let chosen = sensitivity::choose_scaling(&probe, &s, &mut report)?;
+                s.dynamic_choice = Some(chosen);
+                plan = self.plan_for(&model.graph, &s, &BTreeSet::new())?;
                 drop_non_float(&mut plan, &cal.not_float);
+            }
+            // Which compute nodes stay float.
+            if measures {
+                let outcome = sensitivity::analyse(&probe, &s, &plan, &macs)?;
+                keep_float = outcome.keep_float.clone();
+                outcome.report(&mut report, self.target.as_ref());
+                if !keep_float.is_empty() {
+                    plan = self.plan_for(&model.graph, &s, &keep_float)?;
+                    drop_non_float(&mut plan, &cal.not_float);
+                }
             }
         }
         drop(samples);

@@ -161,7 +161,7 @@ fn tract_outputs(model_path: &Path, data: &Path) -> PathBuf {
     let model: Model = whittle::onnx::load(model_path).unwrap();
     let runner = Runner::from_model("int8", &model, model_path.parent()).unwrap();
     let inputs = InputSpec::of_graph(&model.graph).unwrap();
-    let samples = load_samples(&data, &inputs, &BTreeMap::new(), None).unwrap();
+    let samples = load_samples(data, &inputs, &BTreeMap::new(), None).unwrap();
     let outs = whittle::exec::run_samples(&runner, &samples.samples, 2).unwrap();
     let mut arrays = Vec::new();
     for (k, name) in runner.outputs().iter().enumerate() {
@@ -776,6 +776,40 @@ fn dynamic_scaling_makes_integer_kernels_that_keep_quiet_inputs_accurate() {
         stdout.contains("ort-quant: 2 passed, 0 failed"),
         "{stdout}\n{stderr}"
     );
+
+    // `auto` measures both scalings per node and keeps the better, the same
+    // on 1 and 2 threads.
+    let auto = pipeline(dir, "auto.yaml", "      activations: { scaling: auto }");
+    let (a1, a2) = (dir.join("a1.onnx"), dir.join("a2.onnx"));
+    let c = run(&auto, &a1, "1");
+    run(&auto, &a2, "2");
+    assert!(std::fs::read(&a1).unwrap() == std::fs::read(&a2).unwrap());
+    assert_eq!(c["scaling_choices_measured"], 4, "{c}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a1.with_extension("json")).unwrap()).unwrap();
+    let choices: Vec<&serde_json::Value> = json["passes"][0]["report"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kind"] == "scaling_choice")
+        .collect();
+    assert_eq!(choices.len(), 2);
+    let mut dynamic = 0;
+    for d in &choices {
+        let (st, dy) = (
+            d["sqnr_db_static"].as_f64().unwrap(),
+            d["sqnr_db_dynamic"].as_f64().unwrap(),
+        );
+        let want = if dy > st { "dynamic" } else { "static" };
+        assert_eq!(d["chosen"], want, "{d}");
+        dynamic += usize::from(want == "dynamic");
+    }
+    assert_eq!(
+        c["inputs_dynamic"].as_u64().unwrap_or(0),
+        dynamic as u64,
+        "{c}"
+    );
+    assert!(sqnr_gate(&a1, &loud, "35"));
 
     // Dynamic inputs need one weight zero point.
     let bad = pipeline(

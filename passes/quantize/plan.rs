@@ -307,7 +307,10 @@ pub fn plan(
         }
         let outcome = match role {
             Role::Compute => {
-                let dynamic = filter.dynamic(n.name());
+                let dynamic = match &s.dynamic_choice {
+                    Some(chosen) => chosen.contains(&id),
+                    None => filter.dynamic(n.name()),
+                };
                 compute(g, s, &mut p, id, dynamic, grid_folds, &mut folded)
             }
             Role::Move | Role::Activation => {

@@ -41,7 +41,7 @@ use crate::passes::{PassContext, PassError, PassReport};
 use super::plan::{Plan, RangeSource, Role};
 use super::qdq::TensorParams;
 use super::stats::RangeMethod;
-use super::{Measured, Quantize, Settings, Target};
+use super::{Measured, NodeFilter, Quantize, Settings, Target};
 
 /// How close a variant's outputs are to the float model's (worst output).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -190,35 +190,104 @@ fn lower_bound_db(signal: f64, noise: &[f64]) -> f64 {
     }
 }
 
-/// Measures every node and, with a target, chooses the nodes to keep float.
-#[allow(clippy::too_many_arguments)]
-pub fn analyse(
-    q: &Quantize,
-    s: &Settings,
-    model: &Model,
-    plan: &Plan,
-    cal: &Measured,
-    eval: &[Sample],
-    check: &[Sample],
-    ctx: &PassContext,
+/// What measuring variant models needs, built once per pass run and shared
+/// by the range choice, the scaling choice and the sensitivity analysis: the
+/// pass, the float model, calibration's measurements, the samples and the
+/// float model's outputs on them.
+pub struct Probe<'a> {
+    q: &'a Quantize,
+    model: &'a Model,
+    cal: &'a Measured,
+    dir: Option<&'a std::path::Path>,
+    progress: bool,
     threads: usize,
+    samples: &'a [Sample],
+    reference: Vec<Vec<Array>>,
+    /// The first samples nodes and choices are measured on (`target.samples`).
+    eval: usize,
+}
+
+impl<'a> Probe<'a> {
+    /// Runs the float model on `samples`.
+    pub fn new(
+        q: &'a Quantize,
+        model: &'a Model,
+        cal: &'a Measured,
+        samples: &'a [Sample],
+        ctx: &'a PassContext,
+        threads: usize,
+    ) -> Result<Probe<'a>, PassError> {
+        let dir = ctx.model_dir.as_deref();
+        let float = Runner::from_model("float model", model, dir).map_err(probe_error)?;
+        let reference = run_samples(&float, samples, threads).map_err(probe_error)?;
+        Ok(Probe {
+            q,
+            model,
+            cal,
+            dir,
+            progress: ctx.progress,
+            threads,
+            samples,
+            reference,
+            eval: samples.len().min(q.target_samples()),
+        })
+    }
+
+    /// The model quantized with `s`, the nodes in `keep` float, scored on the
+    /// first `n` samples against the float model. Variants run once, without
+    /// tract's optimisation (it would cost more than it saves).
+    fn score(
+        &self,
+        s: &Settings,
+        keep: &BTreeSet<NodeId>,
+        n: usize,
+        threads: usize,
+    ) -> Result<Score, PassError> {
+        let m = self.q.variant(self.model, s, keep, self.cal)?;
+        let r = Runner::from_model("quantized variant", &m, self.dir)
+            .map_err(probe_error)?
+            .without_optimization();
+        let got = run_samples(&r, &self.samples[..n], threads).map_err(probe_error)?;
+        Ok(score(&self.reference[..n], &got))
+    }
+
+    /// `score` of every job on the first `eval` samples, in parallel (one
+    /// thread per job), with a progress line labelled `what`.
+    fn score_all<J: Sync>(
+        &self,
+        jobs: &[J],
+        what: &'static str,
+        variant: impl Fn(&J) -> (Settings, BTreeSet<NodeId>) + Sync,
+    ) -> Result<Vec<Score>, PassError> {
+        let progress = super::calibrate::Progress::new(self.progress, jobs.len(), what);
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let scores: Vec<Result<Score, PassError>> = parallel_map(jobs, self.threads, |_, job| {
+            let (s, keep) = variant(job);
+            let r = self.score(&s, &keep, self.eval, 1);
+            progress.tick(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+            r
+        });
+        progress.finish();
+        scores.into_iter().collect()
+    }
+}
+
+fn probe_error(e: crate::exec::ExecError) -> PassError {
+    PassError::Model(format!("measuring quantized variants: {e}"))
+}
+
+/// Measures every node and, with a target, chooses the nodes to keep float
+/// (checked on all the probe's samples).
+pub fn analyse(
+    probe: &Probe,
+    s: &Settings,
+    plan: &Plan,
     macs: &BTreeMap<NodeId, u64>,
 ) -> Result<Outcome, PassError> {
-    let dir = ctx.model_dir.as_deref();
-    let fail = |e: crate::exec::ExecError| PassError::Model(format!("sensitivity analysis: {e}"));
-    let float = Runner::from_model("float model", model, dir).map_err(fail)?;
-    let reference = run_samples(&float, check, threads).map_err(fail)?;
-    drop(float);
-    // Variants run once: tract's optimisation would cost more than it saves.
+    let (q, threads) = (probe.q, probe.threads);
+    let check = probe.samples.len();
     let evaluate =
-        |keep: &BTreeSet<NodeId>, samples: &[Sample], threads: usize| -> Result<Score, PassError> {
-            let m = q.variant(model, s, keep, cal)?;
-            let r = Runner::from_model("quantized variant", &m, dir)
-                .map_err(fail)?
-                .without_optimization();
-            let got = run_samples(&r, samples, threads).map_err(fail)?;
-            Ok(score(&reference[..samples.len()], &got))
-        };
+        |keep: &BTreeSet<NodeId>, n: usize, threads: usize| probe.score(s, keep, n, threads);
 
     let units: Vec<(NodeId, String)> = plan
         .nodes
@@ -234,16 +303,9 @@ pub fn analyse(
         jobs.push(others);
         jobs.push(BTreeSet::from([*id]));
     }
-    let progress =
-        super::calibrate::Progress::new(ctx.progress, jobs.len(), "measuring sensitivity");
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let scores: Vec<Result<Score, PassError>> = parallel_map(&jobs, threads, |_, keep| {
-        let r = evaluate(keep, eval, 1);
-        progress.tick(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
-        r
-    });
-    progress.finish();
-    let scores: Vec<Score> = scores.into_iter().collect::<Result<_, _>>()?;
+    let scores = probe.score_all(&jobs, "measuring sensitivity", |keep| {
+        (s.clone(), keep.clone())
+    })?;
     let full = scores[0];
     let mut rows: Vec<Row> = units
         .iter()
@@ -267,7 +329,7 @@ pub fn analyse(
     let (mut keep_float, mut chosen, mut met) = (BTreeSet::new(), full, true);
     if let Some(t) = &q.target {
         // The decision is checked on all the data, the ranking on the first samples.
-        chosen = if check.len() > eval.len() {
+        chosen = if check > probe.eval {
             evaluations += 1;
             evaluate(&BTreeSet::new(), check, threads)?
         } else {
@@ -340,20 +402,13 @@ pub fn analyse(
 /// by `mse` (on `eval`; ties go to the earlier of minmax, percentile,
 /// entropy, mse). Tensors whose methods all give the same scale and zero
 /// point are not measured; data-movement outputs sharing a range follow it.
-#[allow(clippy::too_many_arguments)]
 pub fn choose_methods(
-    q: &Quantize,
+    probe: &Probe,
     s: &Settings,
-    model: &Model,
     plan: &Plan,
-    cal: &Measured,
-    eval: &[Sample],
-    ctx: &PassContext,
-    threads: usize,
     report: &mut PassReport,
 ) -> Result<BTreeMap<String, (RangeMethod, &'static str)>, PassError> {
-    let dir = ctx.model_dir.as_deref();
-    let fail = |e: crate::exec::ExecError| PassError::Model(format!("range choice: {e}"));
+    let (q, cal) = (probe.q, probe.cal);
     let methods: [(RangeMethod, &'static str); 4] = [
         (RangeMethod::MinMax, "minmax"),
         (
@@ -394,27 +449,15 @@ pub fn choose_methods(
     if jobs.is_empty() {
         return Ok(chosen);
     }
-    let float = Runner::from_model("float model", model, dir).map_err(fail)?;
-    let reference = run_samples(&float, eval, threads).map_err(fail)?;
-    drop(float);
-    let progress = super::calibrate::Progress::new(ctx.progress, jobs.len(), "choosing ranges");
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let scores: Vec<Result<f64, PassError>> = parallel_map(&jobs, threads, |_, (ti, mi)| {
-        // Everything quantized, this tensor with method `mi`: rounding noise
-        // adds up over tensors, so a range judged alone would favour no clipping.
+    // Everything quantized, this tensor with method `mi`: rounding noise adds
+    // up over tensors, so a range judged alone would favour no clipping.
+    let scores = probe.score_all(&jobs, "choosing ranges", |(ti, mi)| {
         let mut one = s.clone();
         one.per_tensor
             .insert(plan.tensors[*ti].name.clone(), methods[*mi]);
-        let m = q.variant(model, &one, &BTreeSet::new(), cal)?;
-        let r = Runner::from_model("range variant", &m, dir)
-            .map_err(fail)?
-            .without_optimization();
-        let got = run_samples(&r, eval, 1).map_err(fail)?;
-        progress.tick(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
-        Ok(score(&reference, &got).sqnr_db)
-    });
-    progress.finish();
-    let scores: Vec<f64> = scores.into_iter().collect::<Result<_, _>>()?;
+        (one, BTreeSet::new())
+    })?;
+    let scores: Vec<f64> = scores.iter().map(|sc| sc.sqnr_db).collect();
     let mut best: BTreeMap<usize, (usize, f64)> = BTreeMap::new();
     let mut measured: BTreeMap<usize, Vec<serde_json::Value>> = BTreeMap::new();
     for ((ti, mi), sc) in jobs.iter().zip(&scores) {
@@ -437,6 +480,75 @@ pub fn choose_methods(
     }
     report.count("range_choices_measured", jobs.len() as i64);
     report.count("tensors_range_chosen", chosen.len() as i64);
+    Ok(chosen)
+}
+
+/// `activations.scaling: auto`: for every compute node that can take a
+/// per-run input scale, the output SQNR on `eval` with only that node
+/// quantized, once with a calibrated scale and once with a per-run one.
+/// Returns the nodes where per-run is better (ties go to static), and those
+/// `activations.dynamic_nodes` names, unmeasured.
+pub fn choose_scaling(
+    probe: &Probe,
+    s: &Settings,
+    report: &mut PassReport,
+) -> Result<BTreeSet<NodeId>, PassError> {
+    let (q, model) = (probe.q, probe.model);
+    let mut every = s.clone();
+    every.dynamic_choice = Some(model.graph.node_ids().into_iter().collect());
+    let plan = q.plan_for(&model.graph, &every, &BTreeSet::new())?;
+    let quantized: BTreeSet<NodeId> = plan
+        .nodes
+        .iter()
+        .filter(|st| st.outcome.is_ok() && matches!(st.role, Some(Role::Compute | Role::Generic)))
+        .map(|st| st.node)
+        .collect();
+    let filter = NodeFilter::new(q, BTreeSet::new());
+    let g = &model.graph;
+    let (mut chosen, measured): (BTreeSet<NodeId>, Vec<NodeId>) = (
+        plan.dynamic
+            .iter()
+            .copied()
+            .filter(|id| filter.dynamic(g.node(*id).name()))
+            .collect(),
+        plan.dynamic
+            .iter()
+            .copied()
+            .filter(|id| !filter.dynamic(g.node(*id).name()))
+            .collect(),
+    );
+    if measured.is_empty() {
+        return Ok(chosen);
+    }
+    let jobs: Vec<(NodeId, bool)> = measured
+        .iter()
+        .flat_map(|&id| [(id, false), (id, true)])
+        .collect();
+    let scores = probe.score_all(&jobs, "choosing scaling", |(id, dynamic)| {
+        let mut one = s.clone();
+        one.dynamic_choice = Some(if *dynamic {
+            BTreeSet::from([*id])
+        } else {
+            BTreeSet::new()
+        });
+        let mut others = quantized.clone();
+        others.remove(id);
+        (one, others)
+    })?;
+    let scores: Vec<f64> = scores.iter().map(|sc| sc.sqnr_db).collect();
+    for (id, pair) in measured.iter().zip(scores.chunks(2)) {
+        let dynamic = pair[1] > pair[0];
+        if dynamic {
+            chosen.insert(*id);
+        }
+        report.details.push(json!({
+            "kind": "scaling_choice", "node": g.node(*id).label(),
+            "chosen": if dynamic { "dynamic" } else { "static" },
+            "sqnr_db_static": finite(pair[0]), "sqnr_db_dynamic": finite(pair[1]),
+        }));
+    }
+    report.count("scaling_choices_measured", jobs.len() as i64);
+    report.count("nodes_scaling_dynamic", chosen.len() as i64);
     Ok(chosen)
 }
 
