@@ -26,7 +26,9 @@
 //! measured, never extrapolated. Then each kept node holding at least 1% of
 //! the MACs (biggest first, at most 12) is quantized again if the target
 //! still holds without it: the prefix usually overshoots the target, and
-//! the margin can pay for a big node.
+//! the margin can pay for a big node. Errors do not add up exactly, so the
+//! nodes that fail are retried after a round that gave any back (at most 3
+//! rounds).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -83,6 +85,10 @@ pub struct Row {
 
 /// Kept-float nodes the target search tries to quantize again.
 const GIVE_BACK_TRIES: usize = 12;
+
+/// Rounds of those tries: a round retries the nodes the previous one could
+/// not give back, and the last round is one that gives back none.
+const GIVE_BACK_ROUNDS: usize = 3;
 
 /// Relative noise power of a score: `10^(-SQNR/10)`.
 fn noise(s: &Score) -> f64 {
@@ -367,21 +373,34 @@ pub fn analyse(
                 // Give back: the prefix may hold big nodes whose noise the
                 // margin above the target can absorb; try each kept node
                 // with at least 1% of the MACs, biggest first, and quantize
-                // it again if the target still holds.
+                // it again if the target still holds. Errors do not add up
+                // exactly, so the nodes that failed are tried again after a
+                // round that gave any back.
                 let total: u64 = rows.iter().filter_map(|r| r.macs).sum();
                 let mut big: Vec<&Row> = rows[..hi]
                     .iter()
                     .filter(|r| r.macs.unwrap_or(0) * 100 >= total.max(1))
                     .collect();
                 big.sort_by(|a, b| b.macs.cmp(&a.macs).then(a.label.cmp(&b.label)));
-                for r in big.into_iter().take(GIVE_BACK_TRIES) {
-                    let mut fewer = keep_float.clone();
-                    fewer.remove(&r.node);
-                    let sc = evaluate(&fewer, check, threads)?;
-                    evaluations += 1;
-                    if sc.meets(t) {
-                        keep_float = fewer;
-                        chosen = sc;
+                big.truncate(GIVE_BACK_TRIES);
+                for _ in 0..GIVE_BACK_ROUNDS {
+                    let tried = big.len();
+                    let mut failed = Vec::new();
+                    for r in big {
+                        let mut fewer = keep_float.clone();
+                        fewer.remove(&r.node);
+                        let sc = evaluate(&fewer, check, threads)?;
+                        evaluations += 1;
+                        if sc.meets(t) {
+                            keep_float = fewer;
+                            chosen = sc;
+                        } else {
+                            failed.push(r);
+                        }
+                    }
+                    big = failed;
+                    if big.is_empty() || big.len() == tried {
+                        break;
                     }
                 }
             }
