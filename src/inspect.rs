@@ -167,7 +167,7 @@ fn estimate_macs(g: &Graph) -> (u64, usize) {
         let n = g.node(id);
         let input = |i: usize| n.inputs.get(i).and_then(|v| shapes.get(v)).cloned();
         let out: Option<Vec<i64>> = match n.op_type() {
-            "Conv" | "ConvTranspose" => conv_shape(n, input(0), input(1)),
+            "Conv" | "ConvTranspose" | "ConvInteger" => conv_shape(n, input(0), input(1)),
             "Gemm" => match (input(0), input(1)) {
                 (Some(a), Some(b)) if a.len() == 2 && b.len() == 2 => {
                     let m = if n.attr_int("transA") == Some(1) {
@@ -184,7 +184,7 @@ fn estimate_macs(g: &Graph) -> (u64, usize) {
                 }
                 _ => None,
             },
-            "MatMul" => match (input(0), input(1)) {
+            "MatMul" | "MatMulInteger" => match (input(0), input(1)) {
                 (Some(a), Some(b)) => matmul_shape(&a, &b),
                 _ => None,
             },
@@ -210,6 +210,7 @@ fn estimate_macs(g: &Graph) -> (u64, usize) {
             | "HardSwish"
             | "QuantizeLinear"
             | "DequantizeLinear"
+            | "DynamicQuantizeLinear"
             | "LayerNormalization"
             | "InstanceNormalization"
             | "Elu"
@@ -272,8 +273,10 @@ fn estimate_macs(g: &Graph) -> (u64, usize) {
             .first()
             .and_then(|o| shapes.get(o).cloned())
             .or(out);
-        if matches!(n.op_type(), "Conv" | "ConvTranspose" | "Gemm" | "MatMul")
-            && n.domain().is_empty()
+        if matches!(
+            n.op_type(),
+            "Conv" | "ConvTranspose" | "Gemm" | "MatMul" | "ConvInteger" | "MatMulInteger"
+        ) && n.domain().is_empty()
         {
             match node_macs(n, input(0), input(1), out.as_deref()) {
                 Some(m) => macs = macs.saturating_add(m),
@@ -283,11 +286,18 @@ fn estimate_macs(g: &Graph) -> (u64, usize) {
         if let (Some(o), Some(s)) = (n.outputs.first(), out) {
             shapes.insert(o.clone(), s);
         }
+        if n.op_type() == "DynamicQuantizeLinear" {
+            // Scale and zero point: scalars.
+            for o in n.outputs.iter().skip(1) {
+                shapes.insert(o.clone(), Vec::new());
+            }
+        }
     }
     (macs, unknown)
 }
 
-/// Multiply-accumulates of one Conv, ConvTranspose, Gemm or MatMul from the
+/// Multiply-accumulates of one Conv, ConvTranspose, Gemm or MatMul (or
+/// ConvInteger, MatMulInteger) from the
 /// shapes of its input, weight and output (`None` for other ops or unknown shapes).
 pub fn node_macs(
     n: &crate::ir::Node,
@@ -300,7 +310,7 @@ pub fn node_macs(
             .try_fold(1u64, |a, &d| a.checked_mul(u64::try_from(d).ok()?))
     };
     match n.op_type() {
-        "Conv" => {
+        "Conv" | "ConvInteger" => {
             let w = w?;
             prod(out?)?.checked_mul(prod(&w[1..])?)
         }
@@ -318,7 +328,7 @@ pub fn node_macs(
             };
             prod(out?)?.checked_mul(u64::try_from(k).ok()?)
         }
-        "MatMul" => {
+        "MatMul" | "MatMulInteger" => {
             let x = x?;
             let k = *x.last()?;
             prod(out?)?.checked_mul(u64::try_from(k).ok()?)

@@ -718,6 +718,17 @@ fn dynamic_scaling_makes_integer_kernels_that_keep_quiet_inputs_accurate() {
         ],
         "no float Conv/MatMul and no static pair left"
     );
+    // `whittle inspect` counts the integer kernels' MACs as the float ones'.
+    let macs = |m: &Path| {
+        let out = common::whittle(&["inspect", m.to_str().unwrap()]);
+        let text = common::text(&out).0;
+        text.lines()
+            .find(|l| l.starts_with("MACs"))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(macs(&model), "5,824");
+    assert_eq!(macs(&d1), "5,824");
     let statik = pipeline(dir, "static.yaml", "      {}");
     let s = dir.join("s.onnx");
     run(&statik, &s, "2");
