@@ -79,7 +79,8 @@ ORT_METHODS = {
 # Float ops whose integer counterparts the "int kernels" column counts.
 FLOAT_KERNELS = {"Conv", "MatMul", "Gemm"}
 INTEGER_KERNELS = {"QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger", "QGemm", "MatMulInteger"}
-QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+# Quantization nodes: the static pairs and the per-run quantizer of dynamic scaling.
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,7 +370,7 @@ def measure(path, samples, reference, optimized_path, pinned=()):
         "int_kernels": integer_kernels(path, optimized_path),
     }
     if reference is not None and row["qdq"] == 0:
-        row["note"] = "nothing quantized: no QuantizeLinear/DequantizeLinear in the model"
+        row["note"] = "nothing quantized: no QuantizeLinear/DequantizeLinear/DynamicQuantizeLinear in the model"
     if reference is not None:
         row["sqnr"] = sqnr_db(reference, outputs)
         if looks_like_scores(reference):
