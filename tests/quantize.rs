@@ -183,36 +183,47 @@ fn tract_outputs(model_path: &Path, data: &Path) -> PathBuf {
 fn int8_models_use_onnxruntime_integer_kernels_and_tract_agrees_within_a_step() {
     let tmp = tempfile::tempdir().unwrap();
     let config = common::root().join("configs/int8.yaml");
-    let mut list = String::new();
+    let mut cases = Vec::new();
     for f in FIXTURES {
         let out = tmp.path().join(format!("{f}.int8.onnx"));
         quantize(&config, f, &out, &[]);
-        let data = common::fixture(&format!("{f}.data.npz"));
-        let tract = tract_outputs(&out, &data);
+        cases.push((out, common::fixture(&format!("{f}.data.npz"))));
+    }
+    // mlp's output comes from a float Concat/Reshape after the quantized
+    // region: it is compared with an absolute float tolerance instead.
+    assert_ort_quant_check(&cases, tmp.path(), "1e-4");
+}
+
+/// onnxruntime's check of quantized models (tests/python/ort_quant_check.py):
+/// for each `(model, data)`, tract's outputs are written beside the model,
+/// and every case must pass the integer-kernel and tract-agreement checks
+/// (`float_tolerance` for float outputs).
+fn assert_ort_quant_check(cases: &[(PathBuf, PathBuf)], dir: &Path, float_tolerance: &str) {
+    let mut list = String::new();
+    for (model, data) in cases {
+        let tract = tract_outputs(model, data);
         let _ = writeln!(
             list,
             "{}\t{}\t{}",
-            out.display(),
+            model.display(),
             data.display(),
             tract.display()
         );
     }
-    let list_path = tmp.path().join("list.txt");
+    let list_path = dir.join("list.txt");
     std::fs::write(&list_path, &list).unwrap();
-    // mlp's output comes from a float Concat/Reshape after the quantized
-    // region: it is compared with an absolute float tolerance instead.
     let out = common::run_python(
         "ort_quant_check.py",
         &[
             &list_path,
             Path::new("--float-tolerance"),
-            Path::new("1e-4"),
+            Path::new(float_tolerance),
         ],
     );
     let (stdout, stderr) = common::text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains(&format!("ort-quant: {} passed, 0 failed", FIXTURES.len())),
+        stdout.contains(&format!("ort-quant: {} passed, 0 failed", cases.len())),
         "{stdout}\n{stderr}"
     );
 }
@@ -755,38 +766,16 @@ fn dynamic_scaling_makes_integer_kernels_that_keep_quiet_inputs_accurate() {
 
     // onnxruntime keeps both integer kernels and matches tract on the loud
     // and the quiet data (the output is float: an absolute tolerance).
-    let mut list = String::new();
+    let mut cases = Vec::new();
     for data in [&loud, &quiet] {
         let copy = dir.join(format!(
             "{}.d.onnx",
             data.file_stem().unwrap().to_str().unwrap()
         ));
         std::fs::copy(&d1, &copy).unwrap();
-        let tract = tract_outputs(&copy, data);
-        let _ = writeln!(
-            list,
-            "{}\t{}\t{}",
-            copy.display(),
-            data.display(),
-            tract.display()
-        );
+        cases.push((copy, data.clone()));
     }
-    let list_path = dir.join("list.txt");
-    std::fs::write(&list_path, &list).unwrap();
-    let out = common::run_python(
-        "ort_quant_check.py",
-        &[
-            &list_path,
-            Path::new("--float-tolerance"),
-            Path::new("1e-5"),
-        ],
-    );
-    let (stdout, stderr) = common::text(&out);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("ort-quant: 2 passed, 0 failed"),
-        "{stdout}\n{stderr}"
-    );
+    assert_ort_quant_check(&cases, dir, "1e-5");
 
     // `auto` measures both scalings per node and keeps the better, the same
     // on 1 and 2 threads.
