@@ -49,8 +49,8 @@
 //! Graph inputs and outputs keep their float types: an output produced by a
 //! quantized op is produced by its DequantizeLinear. The default-domain
 //! opset is raised to what the emitted ops need (13 for per-channel scales,
-//! 11 for DynamicQuantizeLinear, 10 otherwise) when no op of the model changed meaning in between; else the
-//! pass stops and names the op. Subgraphs (If/Loop bodies) are left float.
+//! 11 for DynamicQuantizeLinear, 10 otherwise) when no op of the model
+//! changed meaning in between; else the pass stops and names the op. Subgraphs (If/Loop bodies) are left float.
 //!
 //! Before planning, Constant nodes holding tensors become initializers (so
 //! weights exported that way are quantized as weights), and after
@@ -1240,6 +1240,7 @@ impl Quantize {
                             for (v, d) in values.iter_mut().zip(c) {
                                 *v = (f64::from(*v) - d) as f32;
                             }
+                            report.count("biases_corrected", 1);
                         }
                         dynamic_biases.push(b);
                         Some(values)

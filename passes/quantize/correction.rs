@@ -16,20 +16,24 @@ use crate::ir::{Graph, Node};
 
 use super::plan::Plan;
 
-/// The activation inputs of nodes with a planned bias, and their channel
-/// axis (Conv: 1; Gemm: 1, or 0 with `transA`): what bias correction needs
-/// the channel means of.
+/// The activation inputs of nodes with a planned bias (or a dynamically
+/// scaled Conv with a float bias), and their channel axis (Conv: 1; Gemm:
+/// 1, or 0 with `transA`): what bias correction needs the channel means of.
 pub fn bias_inputs(g: &Graph, plan: &Plan) -> BTreeMap<String, i64> {
     let mut out = BTreeMap::new();
-    for b in &plan.biases {
-        let n = g.node(b.node);
+    let dynamic = plan
+        .dynamic
+        .iter()
+        .filter(|id| g.node(**id).inputs.get(2).is_some_and(|b| !b.is_empty()));
+    for &id in plan.biases.iter().map(|b| &b.node).chain(dynamic) {
+        let n = g.node(id);
         let axis = match n.op_type() {
             "Conv" => 1,
             "Gemm" if n.attr_int("transA") == Some(1) => 0,
             "Gemm" => 1,
             _ => continue,
         };
-        out.insert(b.input.clone(), axis);
+        out.insert(n.inputs[0].clone(), axis);
     }
     out
 }
