@@ -56,6 +56,11 @@ fn pipeline(dir: &Path, name: &str, options: &str) -> PathBuf {
 fn quantize(config: &Path, fixture: &str, out: &Path, extra: &[&str]) -> String {
     let input = common::fixture(&format!("{fixture}.onnx"));
     let data = common::fixture(&format!("{fixture}.data.npz"));
+    run_pipeline(config, &input, &data, out, extra)
+}
+
+/// `whittle run CONFIG --input INPUT --output OUT --data DATA EXTRA...`; its stderr.
+fn run_pipeline(config: &Path, input: &Path, data: &Path, out: &Path, extra: &[&str]) -> String {
     let mut args = vec![
         "run",
         config.to_str().unwrap(),
@@ -70,27 +75,30 @@ fn quantize(config: &Path, fixture: &str, out: &Path, extra: &[&str]) -> String 
     run_ok(&args)
 }
 
+/// Whether `whittle validate ORIGINAL MODEL --data DATA --min-sqnr DB` passes.
+fn sqnr_gate(original: &Path, model: &Path, data: &Path, db: &str) -> bool {
+    common::whittle(&[
+        "validate",
+        original.to_str().unwrap(),
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--min-sqnr",
+        db,
+    ])
+    .status
+    .success()
+}
+
 /// `whittle validate` of `model` against fixture `fixture` on the fixture's
 /// data passes a `--min-sqnr DB` gate.
 fn assert_sqnr_at_least(fixture: &str, model: &Path, db: &str) {
-    let v = common::whittle(&[
-        "validate",
-        common::fixture(&format!("{fixture}.onnx"))
-            .to_str()
-            .unwrap(),
-        model.to_str().unwrap(),
-        "--data",
-        common::fixture(&format!("{fixture}.data.npz"))
-            .to_str()
-            .unwrap(),
-        "--min-sqnr",
-        db,
-    ]);
+    let original = common::fixture(&format!("{fixture}.onnx"));
+    let data = common::fixture(&format!("{fixture}.data.npz"));
     assert!(
-        v.status.success(),
-        "{}: {}",
-        model.display(),
-        common::text(&v).0
+        sqnr_gate(&original, model, &data, db),
+        "{}: below {db} dB",
+        model.display()
     );
 }
 
@@ -632,15 +640,19 @@ fn an_accuracy_target_keeps_the_most_sensitive_nodes_float() {
 /// A linear model, `x[1,4,32] → Conv(W[8,4,5]) → MatMul(M[28,6]) → z`, with
 /// seeded weights, saved to `dir/linear.onnx`; and its data, `count` samples
 /// uniform in [-amplitude, amplitude), saved to `dir/NAME.npz`.
-fn linear_model(dir: &Path) -> PathBuf {
-    use whittle::ir::{Dim, Graph, Node, Tensor, TypeInfo, ValueInfo};
-    let mut seed = 7u64;
-    let mut next = move || {
+/// Seeded values uniform in [-1, 1) (a 64-bit LCG's high bits).
+fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+    move || {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-    };
+    }
+}
+
+fn linear_model(dir: &Path) -> PathBuf {
+    use whittle::ir::{Dim, Graph, Node, Tensor, TypeInfo, ValueInfo};
+    let mut next = uniform(7);
     let mut g = Graph::new("linear");
     let w: Vec<f32> = (0..8 * 4 * 5).map(|_| next()).collect();
     let m: Vec<f32> = (0..28 * 6).map(|_| next()).collect();
@@ -663,15 +675,9 @@ fn linear_model(dir: &Path) -> PathBuf {
 }
 
 fn linear_data(dir: &Path, name: &str, amplitude: f32) -> PathBuf {
-    let mut seed = 11u64;
+    let mut next = uniform(11);
     let values: Vec<u8> = (0..16 * 4 * 32)
-        .flat_map(|_| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let u = ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0;
-            (u * amplitude).to_le_bytes()
-        })
+        .flat_map(|_| (next() * amplitude).to_le_bytes())
         .collect();
     let path = dir.join(format!("{name}.npz"));
     let array = Array::new(DataType::Float, vec![16, 1, 4, 32], values).unwrap();
@@ -693,20 +699,13 @@ fn dynamic_scaling_makes_integer_kernels_that_keep_quiet_inputs_accurate() {
     let quiet = linear_data(dir, "quiet", 0.001);
     let run = |config: &Path, out: &Path, threads: &str| {
         let report = out.with_extension("json");
-        run_ok(&[
-            "run",
-            config.to_str().unwrap(),
-            "--input",
-            model.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--data",
-            loud.to_str().unwrap(),
-            "--threads",
-            threads,
-            "--report",
-            report.to_str().unwrap(),
-        ]);
+        run_pipeline(
+            config,
+            &model,
+            &loud,
+            out,
+            &["--threads", threads, "--report", report.to_str().unwrap()],
+        );
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
         json["passes"][0]["report"]["counters"].clone()
@@ -758,19 +757,8 @@ fn dynamic_scaling_makes_integer_kernels_that_keep_quiet_inputs_accurate() {
     let s = dir.join("s.onnx");
     run(&statik, &s, "2");
 
-    let sqnr_gate = |quantized: &Path, data: &Path, db: &str| {
-        common::whittle(&[
-            "validate",
-            model.to_str().unwrap(),
-            quantized.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--min-sqnr",
-            db,
-        ])
-        .status
-        .success()
-    };
+    let sqnr_gate =
+        |quantized: &Path, data: &Path, db: &str| sqnr_gate(&model, quantized, data, db);
     // Loud data: both are accurate.
     assert!(sqnr_gate(&d1, &loud, "35"));
     assert!(sqnr_gate(&s, &loud, "35"));

@@ -524,18 +524,11 @@ pub fn choose_scaling(
         .collect();
     let filter = NodeFilter::new(q, BTreeSet::new());
     let g = &model.graph;
-    let (mut chosen, measured): (BTreeSet<NodeId>, Vec<NodeId>) = (
-        plan.dynamic
-            .iter()
-            .copied()
-            .filter(|id| filter.dynamic(g.node(*id).name()))
-            .collect(),
-        plan.dynamic
-            .iter()
-            .copied()
-            .filter(|id| !filter.dynamic(g.node(*id).name()))
-            .collect(),
-    );
+    let (chosen, measured): (Vec<NodeId>, Vec<NodeId>) = plan
+        .dynamic
+        .iter()
+        .partition(|id| filter.dynamic(g.node(**id).name()));
+    let mut chosen: BTreeSet<NodeId> = chosen.into_iter().collect();
     if measured.is_empty() {
         return Ok(chosen);
     }
