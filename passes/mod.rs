@@ -17,6 +17,7 @@ use crate::ir::Model;
 
 pub mod eliminate_dead;
 mod fold_batchnorm;
+pub mod linalg;
 mod quantize;
 mod specialize;
 

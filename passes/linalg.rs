@@ -1,0 +1,238 @@
+//! Dense linear algebra for the passes, in one place: Cholesky factors,
+//! symmetric positive-definite solves, symmetric eigendecompositions and the
+//! thin SVD. Everything goes through `faer` (pure Rust, no LAPACK); no other
+//! file of the passes writes a factorization by hand.
+//!
+//! Matrices cross this boundary as row-major `f64` slices with their sizes,
+//! so the passes never see faer's types. The kernels run sequentially: the
+//! passes parallelise over layers and samples themselves, and a result never
+//! depends on the number of threads.
+
+use faer::{Mat, MatRef, Side};
+
+/// A row-major `rows × cols` matrix as faer's column-major `Mat`.
+fn to_mat(a: &[f64], rows: usize, cols: usize) -> Mat<f64> {
+    debug_assert_eq!(a.len(), rows * cols);
+    Mat::from_fn(rows, cols, |i, j| a[i * cols + j])
+}
+
+/// A faer matrix back to row-major.
+fn from_mat(m: MatRef<'_, f64>) -> Vec<f64> {
+    let (rows, cols) = (m.nrows(), m.ncols());
+    let mut out = vec![0f64; rows * cols];
+    for i in 0..rows {
+        for j in 0..cols {
+            out[i * cols + j] = m[(i, j)];
+        }
+    }
+    out
+}
+
+/// The lower Cholesky factor `L` of the symmetric `n × n` matrix `a`
+/// (`a = L Lᵀ`, only the lower triangle of `a` is read), row-major; `None`
+/// when `a` is not positive definite or holds non-finite values.
+pub fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
+    if a.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let m = to_mat(a, n, n);
+    let llt = m.as_ref().llt(Side::Lower).ok()?;
+    Some(from_mat(llt.L()))
+}
+
+/// Solves `a · x = b` for the symmetric positive-definite `n × n` matrix `a`
+/// and the `n × m` right-hand side `b` (both row-major); `None` when `a` is
+/// not positive definite.
+pub fn solve_spd(a: &[f64], n: usize, b: &[f64], m: usize) -> Option<Vec<f64>> {
+    if a.iter().chain(b).any(|v| !v.is_finite()) {
+        return None;
+    }
+    let llt = to_mat(a, n, n).as_ref().llt(Side::Lower).ok()?;
+    let mut x = to_mat(b, n, m);
+    use faer::linalg::solvers::SolveCore;
+    llt.solve_in_place_with_conj(faer::Conj::No, x.as_mut());
+    Some(from_mat(x.as_ref()))
+}
+
+/// The inverse of the lower-triangular `n × n` matrix `l` (row-major).
+pub fn lower_inverse(l: &[f64], n: usize) -> Vec<f64> {
+    let lm = to_mat(l, n, n);
+    let mut x = Mat::<f64>::identity(n, n);
+    faer::linalg::triangular_solve::solve_lower_triangular_in_place(
+        lm.as_ref(),
+        x.as_mut(),
+        faer::Par::Seq,
+    );
+    from_mat(x.as_ref())
+}
+
+/// A thin singular value decomposition `a = U · diag(s) · Vᵀ` of a
+/// `rows × cols` matrix, singular values in non-increasing order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Svd {
+    /// `rows × k` left singular vectors, row-major (`k = min(rows, cols)`).
+    pub u: Vec<f64>,
+    /// The `k` singular values, largest first.
+    pub s: Vec<f64>,
+    /// `k × cols` right singular vectors transposed (`Vᵀ`), row-major.
+    pub vt: Vec<f64>,
+    /// Rows of `a`.
+    pub rows: usize,
+    /// Columns of `a`.
+    pub cols: usize,
+}
+
+impl Svd {
+    /// The number of singular values (`min(rows, cols)`).
+    pub fn k(&self) -> usize {
+        self.s.len()
+    }
+}
+
+/// The thin SVD of the row-major `rows × cols` matrix `a`; `None` when it
+/// holds non-finite values or the iteration does not converge.
+pub fn svd(a: &[f64], rows: usize, cols: usize) -> Option<Svd> {
+    if a.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let m = to_mat(a, rows, cols);
+    let d = m.as_ref().thin_svd().ok()?;
+    let k = rows.min(cols);
+    let s: Vec<f64> = (0..k).map(|i| d.S()[i]).collect();
+    let v = d.V();
+    let mut vt = vec![0f64; k * cols];
+    for i in 0..k {
+        for j in 0..cols {
+            vt[i * cols + j] = v[(j, i)];
+        }
+    }
+    Some(Svd {
+        u: from_mat(d.U()),
+        s,
+        vt,
+        rows,
+        cols,
+    })
+}
+
+/// The eigendecomposition of the symmetric `n × n` matrix `a` (lower
+/// triangle read): eigenvalues in non-decreasing order and the matching
+/// eigenvectors as the columns of a row-major `n × n` matrix.
+pub fn symmetric_eigen(a: &[f64], n: usize) -> Option<(Vec<f64>, Vec<f64>)> {
+    if a.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let m = to_mat(a, n, n);
+    let e = m.as_ref().self_adjoint_eigen(Side::Lower).ok()?;
+    let values: Vec<f64> = (0..n).map(|i| e.S()[i]).collect();
+    Some((values, from_mat(e.U())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matmul(a: &[f64], b: &[f64], n: usize, k: usize, m: usize) -> Vec<f64> {
+        let mut c = vec![0f64; n * m];
+        for i in 0..n {
+            for p in 0..k {
+                for j in 0..m {
+                    c[i * m + j] += a[i * k + p] * b[p * m + j];
+                }
+            }
+        }
+        c
+    }
+
+    fn spd(n: usize) -> Vec<f64> {
+        // B Bᵀ + I for a fixed B.
+        let b: Vec<f64> = (0..n * n)
+            .map(|i| ((i * 7 + 3) % 11) as f64 - 5.0)
+            .collect();
+        let mut a = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                a[i * n + j] = (0..n).map(|p| b[i * n + p] * b[j * n + p]).sum::<f64>();
+            }
+            a[i * n + i] += 1.0;
+        }
+        a
+    }
+
+    #[test]
+    fn cholesky_reproduces_the_matrix() {
+        let n = 5;
+        let a = spd(n);
+        let l = cholesky(&a, n).unwrap();
+        let mut lt = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                lt[j * n + i] = l[i * n + j];
+                if j > i {
+                    assert_eq!(l[i * n + j], 0.0);
+                }
+            }
+        }
+        let back = matmul(&l, &lt, n, n, n);
+        for (x, y) in back.iter().zip(&a) {
+            assert!((x - y).abs() < 1e-9 * y.abs().max(1.0));
+        }
+        assert!(cholesky(&[1.0, 2.0, 2.0, 1.0], 2).is_none(), "indefinite");
+    }
+
+    #[test]
+    fn spd_solve_and_lower_inverse() {
+        let n = 4;
+        let a = spd(n);
+        let b: Vec<f64> = (0..n * 2).map(|i| i as f64).collect();
+        let x = solve_spd(&a, n, &b, 2).unwrap();
+        let back = matmul(&a, &x, n, n, 2);
+        for (p, q) in back.iter().zip(&b) {
+            assert!((p - q).abs() < 1e-9);
+        }
+        let l = cholesky(&a, n).unwrap();
+        let li = lower_inverse(&l, n);
+        let eye = matmul(&l, &li, n, n, n);
+        for i in 0..n {
+            for j in 0..n {
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((eye[i * n + j] - want).abs() < 1e-9);
+            }
+        }
+    }
+
+    #[test]
+    fn svd_reconstructs_and_sorts() {
+        let (r, c) = (6, 4);
+        let a: Vec<f64> = (0..r * c).map(|i| ((i * 5 + 1) % 9) as f64 - 4.0).collect();
+        let d = svd(&a, r, c).unwrap();
+        assert_eq!(d.k(), 4);
+        assert!(d.s.windows(2).all(|w| w[0] >= w[1]));
+        let mut us = d.u.clone();
+        for i in 0..r {
+            for k in 0..d.k() {
+                us[i * d.k() + k] *= d.s[k];
+            }
+        }
+        let back = matmul(&us, &d.vt, r, d.k(), c);
+        for (x, y) in back.iter().zip(&a) {
+            assert!((x - y).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn symmetric_eigen_diagonalises() {
+        let n = 3;
+        let a = spd(n);
+        let (w, v) = symmetric_eigen(&a, n).unwrap();
+        assert!(w.windows(2).all(|p| p[0] <= p[1]));
+        // A v_i = w_i v_i.
+        for i in 0..n {
+            let col: Vec<f64> = (0..n).map(|r| v[r * n + i]).collect();
+            let av = matmul(&a, &col, n, n, 1);
+            for r in 0..n {
+                assert!((av[r] - w[i] * col[r]).abs() < 1e-8);
+            }
+        }
+    }
+}
