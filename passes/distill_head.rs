@@ -620,8 +620,7 @@ impl DistillHead {
             report.details.push(serde_json::json!({ "pair": { "student": p.student, "teacher": merged[&p.teacher] } }));
         }
         report.count("pairs", pairs.len() as i64);
-        let kd_refs: Vec<&str> = kd_terms.iter().map(String::as_str).collect();
-        head.op_named("Sum", &kd_refs, "kd_loss");
+        head.sum_named(&kd_terms, "kd_loss");
         let alpha = self.alpha();
         let mut terms = vec![head.scaled("kd_loss", alpha, "alpha_kd")];
         let mut new_outputs = vec![
@@ -673,8 +672,7 @@ impl DistillHead {
             new_outputs.push(ValueInfo::new(out, TypeInfo::tensor(DataType::Float, vec![])));
             report.count("feature_terms", 1);
         }
-        let refs: Vec<&str> = terms.iter().map(String::as_str).collect();
-        head.op_named("Sum", &refs, "loss");
+        head.sum_named(&terms, "loss");
         report.count("loss_nodes", head.nodes as i64);
 
         model.graph.inputs.extend(new_inputs);

@@ -157,6 +157,24 @@ impl Head<'_> {
         self.op("Sub", &[&one, &mean], vec![], &format!("{tag}/cosine"))
     }
 
+    /// The sum of `terms`, named `out`: a chain of Adds (onnxruntime-training
+    /// has no gradient for Sum), an Identity for one term.
+    pub fn sum_named(&mut self, terms: &[String], out: &str) {
+        let Some((first, rest)) = terms.split_first() else {
+            return;
+        };
+        let mut acc = first.clone();
+        for (i, t) in rest.iter().enumerate() {
+            if i + 1 == rest.len() {
+                self.g.add_node(Node::with_io("Add", &format!("distill/{out}"), &[&acc, t], &[out]));
+                self.nodes += 1;
+                return;
+            }
+            acc = self.op("Add", &[&acc, t], vec![], &format!("{out}_partial"));
+        }
+        self.op_named("Identity", &[&acc], out);
+    }
+
     /// `x · w` for a scalar weight.
     pub fn scaled(&mut self, x: &str, w: f64, what: &str) -> String {
         let c = self.scalar(w as f32, &format!("{what}_weight"));

@@ -4,7 +4,8 @@ Run through scripts/test-interop (it builds the pinned venv and whittle). Steps:
  1. the student (fixtures/trained/digits_student.onnx) is pruned by a stand-in for whittle's
     prune pass (absent on this branch): the smallest-magnitude half of every Conv/Gemm weight
     is zeroed, in numpy (no mask is kept during training);
- 2. `whittle run` grafts the teacher (digits_cnn) with `distill-head` (alpha = 1, so the labels
+ 2. `whittle run` folds the student's BatchNormalization (`fold-batchnorm`) and grafts the
+    teacher (digits_cnn) with `distill-head` (alpha = 1, so the labels
     are never read; temperature 4), and, for the comparison, a cross-entropy-only head
     (alpha = 0 with labels) on the same pruned student;
  3. onnxruntime.training's generate_artifacts(loss=None, requires_grad=..., frozen_params=...)
@@ -76,7 +77,9 @@ def prune_stand_in(path, out, fraction):
 
 def graft(whittle, work, student, name, options):
     pipeline = work / f"{name}.yaml"
-    pipeline.write_text(f"version: 1\npasses:\n  - distill-head: {options}\n")
+    # BatchNormalization folds into the student's Convs first: the trainable graph is then
+    # Conv/Gemm only (inference-mode BatchNormalization has no gradient in onnxruntime).
+    pipeline.write_text(f"version: 1\npasses:\n  - fold-batchnorm\n  - distill-head: {options}\n")
     out = work / f"{name}.onnx"
     report = work / f"{name}.report.json"
     subprocess.run(
@@ -123,6 +126,7 @@ def train(graph, requires_grad, frozen, work, name, x, y, use_labels, epochs, ba
 
 
 def main():
+    ort.set_default_logger_severity(3)
     ap = argparse.ArgumentParser()
     ap.add_argument("--whittle", required=True)
     ap.add_argument("--epochs", type=int, default=8)
