@@ -97,7 +97,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::quantize::NodeMatch;
-use super::{parse_config, Config, ConfigError, Pass, PassContext, PassError, PassInfo, PassReport};
+use super::{
+    parse_config, Config, ConfigError, Pass, PassContext, PassError, PassInfo, PassReport,
+};
 use crate::ir::{DataType, Dim, KeyValue, Model, Tensor, TypeInfo, ValueInfo};
 
 use loss::Head;
@@ -303,7 +305,10 @@ impl Config for DistillHead {
             if !matches!(l.dtype.as_str(), "int64" | "int32") {
                 return Err(err(
                     "labels.dtype",
-                    format!("{:?} is not an integer type; class labels are `int64` or `int32` indices", l.dtype),
+                    format!(
+                        "{:?} is not an integer type; class labels are `int64` or `int32` indices",
+                        l.dtype
+                    ),
                 ));
             }
         }
@@ -315,7 +320,10 @@ impl Config for DistillHead {
                 ));
             }
         }
-        for (which, list) in [("include", &self.trainable.include), ("exclude", &self.trainable.exclude)] {
+        for (which, list) in [
+            ("include", &self.trainable.include),
+            ("exclude", &self.trainable.exclude),
+        ] {
             for (i, m) in list.iter().enumerate() {
                 if let NodeMatch::Regex(r) = m {
                     regex::Regex::new(&r.regex).map_err(|e| {
@@ -418,7 +426,39 @@ impl Pass for DistillHead {
         let teacher_type = |name: &str| teacher.as_ref().and_then(|t| t.graph.value_type(name));
         let mut pairs = Vec::new();
         if self.pairs.is_empty() {
-            let Some(t) = &teacher else {
+            if let Some(t) = &teacher {
+                let mut tried = Vec::new();
+                for (s, tv) in student_outputs.iter().zip(&t.graph.outputs) {
+                    let ok = matches!((&s.ty, &tv.ty), (Some(a), Some(b)) if merge::compatible(a, b))
+                        && s.ty.as_ref().and_then(TypeInfo::tensor_elem) == Some(DataType::Float);
+                    if ok {
+                        pairs.push(Pair {
+                            student: s.name().into(),
+                            teacher: tv.name().into(),
+                            ty: s.ty.clone(),
+                        });
+                    } else {
+                        tried.push(format!(
+                            "{:?} {} vs {:?} {}",
+                            s.name(),
+                            shape_text(&s.ty),
+                            tv.name(),
+                            shape_text(&tv.ty)
+                        ));
+                    }
+                }
+                if pairs.is_empty() {
+                    return Err(PassError::Model(format!(
+                    "no student output pairs with a teacher output of the same float shape by position ({}); name the pairs with `pairs: [{{ student: ..., teacher: ... }}]`",
+                    if tried.is_empty() { "no outputs".into() } else { tried.join("; ") }
+                )));
+                }
+                for t in tried {
+                    report
+                        .warnings
+                        .push(format!("outputs not paired (shapes differ): {t}"));
+                }
+            } else {
                 // soft_targets: input without a teacher: one input per student output.
                 for o in &student_outputs {
                     pairs.push(Pair {
@@ -427,36 +467,6 @@ impl Pass for DistillHead {
                         ty: o.ty.clone(),
                     });
                 }
-                return self.finish(model, teacher.as_deref(), pairs, student_outputs, student_floats, ctx, report);
-            };
-            let mut tried = Vec::new();
-            for (s, tv) in student_outputs.iter().zip(&t.graph.outputs) {
-                let ok = matches!((&s.ty, &tv.ty), (Some(a), Some(b)) if merge::compatible(a, b))
-                    && s.ty.as_ref().and_then(TypeInfo::tensor_elem) == Some(DataType::Float);
-                if ok {
-                    pairs.push(Pair {
-                        student: s.name().into(),
-                        teacher: tv.name().into(),
-                        ty: s.ty.clone(),
-                    });
-                } else {
-                    tried.push(format!(
-                        "{:?} {} vs {:?} {}",
-                        s.name(),
-                        shape_text(&s.ty),
-                        tv.name(),
-                        shape_text(&tv.ty)
-                    ));
-                }
-            }
-            if pairs.is_empty() {
-                return Err(PassError::Model(format!(
-                    "no student output pairs with a teacher output of the same float shape by position ({}); name the pairs with `pairs: [{{ student: ..., teacher: ... }}]`",
-                    if tried.is_empty() { "no outputs".into() } else { tried.join("; ") }
-                )));
-            }
-            for t in tried {
-                report.warnings.push(format!("outputs not paired (shapes differ): {t}"));
             }
         } else {
             for (i, p) in self.pairs.iter().enumerate() {
@@ -490,7 +500,15 @@ impl Pass for DistillHead {
                 });
             }
         }
-        self.finish(model, teacher.as_deref(), pairs, student_outputs, student_floats, ctx, report)
+        self.finish(
+            model,
+            teacher.as_deref(),
+            pairs,
+            student_outputs,
+            student_floats,
+            ctx,
+            report,
+        )
     }
 }
 
@@ -522,18 +540,25 @@ impl DistillHead {
 
         let merged: BTreeMap<String, String> = match (self.soft_targets, teacher) {
             (SoftTargets::Embed, Some(t)) => {
-                let (names, rec) = merge::graft(model, t, &self.teacher_prefix, &self.inputs, &needed)?;
+                let (names, rec) =
+                    merge::graft(model, t, &self.teacher_prefix, &self.inputs, &needed)?;
                 report.count("teacher_nodes", rec.nodes as i64);
                 report.count("teacher_initializers", rec.initializers.len() as i64);
                 report.count("functions_carried", rec.functions as i64);
                 for (d, a, b) in &rec.opsets_raised {
-                    report.details.push(serde_json::json!({ "opset_raised": d, "from": a, "to": b }));
+                    report
+                        .details
+                        .push(serde_json::json!({ "opset_raised": d, "from": a, "to": b }));
                 }
-                report.details.push(serde_json::json!({ "teacher_inputs": rec.wired }));
+                report
+                    .details
+                    .push(serde_json::json!({ "teacher_inputs": rec.wired }));
                 needed.iter().cloned().zip(names).collect()
             }
             (SoftTargets::Embed, None) => {
-                return Err(PassError::Model("a teacher is required with soft_targets: embed".into()))
+                return Err(PassError::Model(
+                    "a teacher is required with soft_targets: embed".into(),
+                ))
             }
             (SoftTargets::Input, _) => {
                 let mut map = BTreeMap::new();
@@ -567,7 +592,8 @@ impl DistillHead {
         };
 
         let opset = model.opset_version("").unwrap_or(1);
-        let rank_of = |ty: &Option<TypeInfo>| ty.as_ref().and_then(|t| t.tensor_shape()).map(<[Dim]>::len);
+        let rank_of =
+            |ty: &Option<TypeInfo>| ty.as_ref().and_then(|t| t.tensor_shape()).map(<[Dim]>::len);
 
         // Projections (trainable), before the head so the probe sees the merged graph only.
         let mut projections = Vec::new();
@@ -594,7 +620,10 @@ impl DistillHead {
         let mut axis0 = None;
         for (i, p) in pairs.iter().enumerate() {
             let rank = rank_of(&p.ty).ok_or_else(|| {
-                PassError::Model(format!("the rank of student output {:?} is unknown", p.student))
+                PassError::Model(format!(
+                    "the rank of student output {:?} is unknown",
+                    p.student
+                ))
             })?;
             if rank < 2 {
                 return Err(PassError::Model(format!(
@@ -602,7 +631,11 @@ impl DistillHead {
                     p.student
                 )));
             }
-            let axis = if self.axis < 0 { self.axis + rank as i64 } else { self.axis };
+            let axis = if self.axis < 0 {
+                self.axis + rank as i64
+            } else {
+                self.axis
+            };
             if !(0..rank as i64).contains(&axis) {
                 return Err(PassError::Model(format!(
                     "axis {} is out of range for student output {:?} of rank {rank}",
@@ -615,8 +648,18 @@ impl DistillHead {
                 )));
             }
             axis0.get_or_insert(axis);
-            let tag = if pairs.len() == 1 { "kd".to_string() } else { format!("kd{i}") };
-            kd_terms.push(head.kd(&p.student, &merged[&p.teacher], self.temperature, axis, &tag));
+            let tag = if pairs.len() == 1 {
+                "kd".to_string()
+            } else {
+                format!("kd{i}")
+            };
+            kd_terms.push(head.kd(
+                &p.student,
+                &merged[&p.teacher],
+                self.temperature,
+                axis,
+                &tag,
+            ));
             report.details.push(serde_json::json!({ "pair": { "student": p.student, "teacher": merged[&p.teacher] } }));
         }
         report.count("pairs", pairs.len() as i64);
@@ -636,13 +679,22 @@ impl DistillHead {
             }
             let p = &pairs[0];
             let axis = axis0.unwrap_or(0);
-            let shape: Vec<Dim> = p
-                .ty
-                .as_ref()
-                .and_then(|t| t.tensor_shape())
-                .map(|s| s.iter().enumerate().filter(|(i, _)| *i as i64 != axis).map(|(_, d)| d.clone()).collect())
-                .unwrap_or_default();
-            let dt = if l.dtype == "int32" { DataType::Int32 } else { DataType::Int64 };
+            let shape: Vec<Dim> =
+                p.ty.as_ref()
+                    .and_then(|t| t.tensor_shape())
+                    .map(|s| {
+                        s.iter()
+                            .enumerate()
+                            .filter(|(i, _)| *i as i64 != axis)
+                            .map(|(_, d)| d.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            let dt = if l.dtype == "int32" {
+                DataType::Int32
+            } else {
+                DataType::Int64
+            };
             if head.g.defines(&l.name) || head.g.is_output(&l.name) {
                 return Err(PassError::Model(format!(
                     "labels.name: the student already has a value named {:?}",
@@ -653,7 +705,10 @@ impl DistillHead {
             let ce = head.cross_entropy(&p.student, &l.name, dt == DataType::Int32, axis);
             head.op_named("Identity", &[&ce], "ce_loss");
             terms.push(head.scaled("ce_loss", 1.0 - alpha, "ce_weighted"));
-            new_outputs.push(ValueInfo::new("ce_loss", TypeInfo::tensor(DataType::Float, vec![])));
+            new_outputs.push(ValueInfo::new(
+                "ce_loss",
+                TypeInfo::tensor(DataType::Float, vec![]),
+            ));
         }
         for (i, (f, proj)) in self.features.iter().zip(&projections).enumerate() {
             let tag = format!("feature{i}");
@@ -669,7 +724,10 @@ impl DistillHead {
             let out = format!("feature_loss_{i}");
             head.op_named("Identity", &[&v], &out);
             terms.push(head.scaled(&out, f.weight, &format!("{tag}_weighted")));
-            new_outputs.push(ValueInfo::new(out, TypeInfo::tensor(DataType::Float, vec![])));
+            new_outputs.push(ValueInfo::new(
+                out,
+                TypeInfo::tensor(DataType::Float, vec![]),
+            ));
             report.count("feature_terms", 1);
         }
         head.sum_named(&terms, "loss");
@@ -704,9 +762,9 @@ impl DistillHead {
         report.count("trainable", requires_grad.len() as i64);
         report.count("frozen", frozen.len() as i64);
         let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_default();
-        model
-            .metadata_props
-            .retain(|kv| kv.key() != "whittle.requires_grad" && kv.key() != "whittle.frozen_params");
+        model.metadata_props.retain(|kv| {
+            kv.key() != "whittle.requires_grad" && kv.key() != "whittle.frozen_params"
+        });
         model
             .metadata_props
             .push(KeyValue::new("whittle.requires_grad", json(&requires_grad)));
@@ -716,7 +774,11 @@ impl DistillHead {
         report.summary.push(format!(
             "loss = {alpha}·kd (T = {}){}{}; {} trainable, {} frozen initializers",
             self.temperature,
-            if self.labels.is_some() { format!(" + {}·ce", 1.0 - alpha) } else { String::new() },
+            if self.labels.is_some() {
+                format!(" + {}·ce", 1.0 - alpha)
+            } else {
+                String::new()
+            },
             self.features
                 .iter()
                 .enumerate()
@@ -743,17 +805,23 @@ impl DistillHead {
         report: &mut PassReport,
     ) -> Result<(Tensor, Tensor), PassError> {
         let (wn, bn) = (
-            model.graph.unique_name(&format!("distill/feature{i}/projection_weight")),
-            model.graph.unique_name(&format!("distill/feature{i}/projection_bias")),
-        );
-        let width = |v: &str| {
             model
                 .graph
-                .value_type(v)
-                .and_then(|t| t.tensor_shape().and_then(|s| s.last().and_then(Dim::as_known)))
+                .unique_name(&format!("distill/feature{i}/projection_weight")),
+            model
+                .graph
+                .unique_name(&format!("distill/feature{i}/projection_bias")),
+        );
+        let width = |v: &str| {
+            model.graph.value_type(v).and_then(|t| {
+                t.tensor_shape()
+                    .and_then(|s| s.last().and_then(Dim::as_known))
+            })
         };
         let fit = match (&ctx.data, self.soft_targets) {
-            (Some(data), SoftTargets::Embed) => Some(fit_projection(model, &f.student, teacher_value, data, ctx)?),
+            (Some(data), SoftTargets::Embed) => {
+                Some(fit_projection(model, &f.student, teacher_value, data, ctx)?)
+            }
             _ => None,
         };
         let (w, b, ds, dt) = match fit {
@@ -786,7 +854,9 @@ impl DistillHead {
                 for k in 0..ds {
                     w[k * dt + k] = 1.0;
                 }
-                report.details.push(serde_json::json!({ "feature": i, "projection": "identity" }));
+                report
+                    .details
+                    .push(serde_json::json!({ "feature": i, "projection": "identity" }));
                 (w, vec![0f32; dt], ds, dt)
             }
         };
@@ -865,7 +935,9 @@ fn fit_projection(
     for o in &outs {
         let (x, y) = (&o[0], &o[1]);
         if x.dtype != DataType::Float || y.dtype != DataType::Float {
-            return Err(PassError::Model("projection: the features must be float32".into()));
+            return Err(PassError::Model(
+                "projection: the features must be float32".into(),
+            ));
         }
         ds = *x.shape.last().unwrap_or(&1);
         dt = *y.shape.last().unwrap_or(&1);
@@ -901,8 +973,9 @@ fn fit_projection(
     for k in 0..n {
         a[k * n + k] += 1e-6 * trace.max(1e-12);
     }
-    let sol = super::linalg::solve_spd(&a, n, &rhs, dt)
-        .ok_or_else(|| PassError::Model("projection: the least-squares system is singular".into()))?;
+    let sol = super::linalg::solve_spd(&a, n, &rhs, dt).ok_or_else(|| {
+        PassError::Model("projection: the least-squares system is singular".into())
+    })?;
     let mut res = 0f64;
     let mut tot = 0f64;
     for r in 0..rows {
@@ -949,6 +1022,11 @@ mod tests {
         assert_eq!(e.field, "temperature");
         let e = parse("{ teacher: input, trainable: { exclude: [{ regex: '(' }] } }").unwrap_err();
         assert_eq!(e.field, "trainable.exclude[0].regex");
-        assert_eq!(parse("{ teacher: input, labels: { name: y } }").unwrap().alpha(), 0.5);
+        assert_eq!(
+            parse("{ teacher: input, labels: { name: y } }")
+                .unwrap()
+                .alpha(),
+            0.5
+        );
     }
 }

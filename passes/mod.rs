@@ -16,8 +16,8 @@ use serde::Serialize;
 
 use crate::ir::Model;
 
-pub mod eliminate_dead;
 mod distill_head;
+pub mod eliminate_dead;
 mod fold_batchnorm;
 pub mod linalg;
 mod quantize;

@@ -54,7 +54,12 @@ impl Head<'_> {
     fn ints(&mut self, v: &[i64], what: &str) -> String {
         let out = self.fresh(what);
         let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let t = Tensor::from_raw(out.clone(), DataType::Int64, vec![v.len() as i64], raw.into());
+        let t = Tensor::from_raw(
+            out.clone(),
+            DataType::Int64,
+            vec![v.len() as i64],
+            raw.into(),
+        );
         self.g.add_node(constant_node(out.clone(), out.clone(), t));
         self.nodes += 1;
         out
@@ -78,7 +83,12 @@ impl Head<'_> {
 
     /// The mean of every element: a scalar.
     pub fn mean_all(&mut self, x: &str, what: &str) -> String {
-        self.op("ReduceMean", &[x], vec![Attribute::int("keepdims", 0)], what)
+        self.op(
+            "ReduceMean",
+            &[x],
+            vec![Attribute::int("keepdims", 0)],
+            what,
+        )
     }
 
     /// Unsqueeze at `axis` (an attribute before opset 13, an input after).
@@ -87,7 +97,12 @@ impl Head<'_> {
             let a = self.ints(&[axis], &format!("{what}_axes"));
             self.op("Unsqueeze", &[x, &a], vec![], what)
         } else {
-            self.op("Unsqueeze", &[x], vec![Attribute::ints("axes", vec![axis])], what)
+            self.op(
+                "Unsqueeze",
+                &[x],
+                vec![Attribute::ints("axes", vec![axis])],
+                what,
+            )
         }
     }
 
@@ -98,14 +113,27 @@ impl Head<'_> {
         let st = self.op("Div", &[s, &temp], vec![], &format!("{tag}/student_scaled"));
         let tt = self.op("Div", &[t, &temp], vec![], &format!("{tag}/teacher_scaled"));
         let ax = Attribute::int("axis", axis);
-        let ls = self.op("LogSoftmax", &[&st], vec![ax.clone()], &format!("{tag}/student_log_p"));
-        let lt = self.op("LogSoftmax", &[&tt], vec![ax], &format!("{tag}/teacher_log_p"));
+        let ls = self.op(
+            "LogSoftmax",
+            &[&st],
+            vec![ax.clone()],
+            &format!("{tag}/student_log_p"),
+        );
+        let lt = self.op(
+            "LogSoftmax",
+            &[&tt],
+            vec![ax],
+            &format!("{tag}/teacher_log_p"),
+        );
         let pt = self.op("Exp", &[&lt], vec![], &format!("{tag}/teacher_p"));
         let d = self.op("Sub", &[&lt, &ls], vec![], &format!("{tag}/log_ratio"));
         let m = self.op("Mul", &[&pt, &d], vec![], &format!("{tag}/kl_terms"));
         let rows = self.reduce_sum(&m, &[axis], false, &format!("{tag}/kl_rows"));
         let kl = self.mean_all(&rows, &format!("{tag}/kl"));
-        let t2 = self.scalar((temperature * temperature) as f32, &format!("{tag}/t_squared"));
+        let t2 = self.scalar(
+            (temperature * temperature) as f32,
+            &format!("{tag}/t_squared"),
+        );
         self.op("Mul", &[&kl, &t2], vec![], &format!("{tag}/kd"))
     }
 
@@ -150,7 +178,12 @@ impl Head<'_> {
         let nt = self.op("Sqrt", &[&nt], vec![], &format!("{tag}/t_norm"));
         let den = self.op("Mul", &[&np, &nt], vec![], &format!("{tag}/norms"));
         let eps = self.scalar(1e-8, &format!("{tag}/eps"));
-        let den = self.op("Max", &[&den, &eps], vec![], &format!("{tag}/norms_clamped"));
+        let den = self.op(
+            "Max",
+            &[&den, &eps],
+            vec![],
+            &format!("{tag}/norms_clamped"),
+        );
         let cos = self.op("Div", &[&dot, &den], vec![], &format!("{tag}/cos"));
         let mean = self.mean_all(&cos, &format!("{tag}/mean_cos"));
         let one = self.scalar(1.0, &format!("{tag}/one"));
@@ -166,7 +199,12 @@ impl Head<'_> {
         let mut acc = first.clone();
         for (i, t) in rest.iter().enumerate() {
             if i + 1 == rest.len() {
-                self.g.add_node(Node::with_io("Add", &format!("distill/{out}"), &[&acc, t], &[out]));
+                self.g.add_node(Node::with_io(
+                    "Add",
+                    &format!("distill/{out}"),
+                    &[&acc, t],
+                    &[out],
+                ));
                 self.nodes += 1;
                 return;
             }

@@ -126,12 +126,19 @@ fn norm_domain(d: &str) -> &str {
 /// kept, a default-domain version is raised to the higher one when no op of
 /// the lower side changed in between, and any other difference is an error
 /// naming the op and both opsets.
-pub fn reconcile_opsets(student: &mut Model, teacher: &Model) -> Result<Vec<(String, i64, i64)>, PassError> {
+pub fn reconcile_opsets(
+    student: &mut Model,
+    teacher: &Model,
+) -> Result<Vec<(String, i64, i64)>, PassError> {
     let mut raised = Vec::new();
     for t in &teacher.opset_import {
         let domain = norm_domain(t.domain()).to_string();
         let Some(tv) = t.version else { continue };
-        let shown = if domain.is_empty() { "ai.onnx" } else { &domain };
+        let shown = if domain.is_empty() {
+            "ai.onnx"
+        } else {
+            &domain
+        };
         match student.opset_version(&domain) {
             None => {
                 student.opset_import.push(OpsetId {
@@ -240,13 +247,13 @@ fn rename_info(v: &ValueInfo, f: &dyn Fn(&str) -> String) -> ValueInfo {
     v
 }
 
-fn rename_node(
-    n: &Node,
-    f: &dyn Fn(&str) -> String,
-    prefix: &str,
-) -> Result<Node, PassError> {
+fn rename_node(n: &Node, f: &dyn Fn(&str) -> String, prefix: &str) -> Result<Node, PassError> {
     let mut n = n.clone();
-    n.name = n.name.as_deref().filter(|s| !s.is_empty()).map(|s| format!("{prefix}{s}"));
+    n.name = n
+        .name
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("{prefix}{s}"));
     n.inputs = n.inputs.iter().map(|v| f(v)).collect();
     n.outputs = n.outputs.iter().map(|v| f(v)).collect();
     for a in &mut n.attributes {
@@ -392,7 +399,10 @@ fn dims_agree(a: &Dim, b: &Dim) -> bool {
 
 /// The teacher's run-time inputs (graph inputs without an initializer).
 fn runtime_inputs(g: &Graph) -> Vec<&ValueInfo> {
-    g.inputs.iter().filter(|v| g.initializer(v.name()).is_none()).collect()
+    g.inputs
+        .iter()
+        .filter(|v| g.initializer(v.name()).is_none())
+        .collect()
 }
 
 /// Grafts the part of `teacher` that computes `needed` (teacher value names)
@@ -407,7 +417,7 @@ pub fn graft(
     let tg = &teacher.graph;
     // Wire the teacher's inputs.
     let mut wiring = BTreeMap::new();
-    for (t, _) in input_map {
+    for t in input_map.keys() {
         if !tg.is_input(t) {
             let names: Vec<&str> = runtime_inputs(tg).iter().map(|v| v.name()).collect();
             return Err(PassError::Model(format!(
@@ -420,7 +430,10 @@ pub fn graft(
         let t = v.name();
         let s = input_map.get(t).cloned().unwrap_or_else(|| t.to_string());
         let Some(sv) = student.graph.inputs.iter().find(|i| i.name() == s) else {
-            let names: Vec<&str> = runtime_inputs(&student.graph).iter().map(|v| v.name()).collect();
+            let names: Vec<&str> = runtime_inputs(&student.graph)
+                .iter()
+                .map(|v| v.name())
+                .collect();
             return Err(PassError::Model(format!(
                 "the teacher's input {t:?} has no student input {s:?} to read (student inputs: {}); map it with `inputs: {{ {t}: <student input> }}`",
                 names.join(", ")
@@ -444,9 +457,7 @@ pub fn graft(
     // Only what the needed values depend on.
     for v in needed {
         if !tg.defines(v) {
-            return Err(PassError::Model(format!(
-                "the teacher has no tensor {v:?}"
-            )));
+            return Err(PassError::Model(format!("the teacher has no tensor {v:?}")));
         }
     }
     let (nodes, _) = tg.upstream(needed.iter().cloned());
@@ -528,9 +539,15 @@ mod tests {
         let mut g = Graph::new("g");
         let ty = TypeInfo::tensor(DataType::Float, vec![Dim::symbol("N"), Dim::known(4)]);
         g.inputs.push(ValueInfo::new("x", ty.clone()));
-        g.outputs.push(ValueInfo::new(format!("{prefix_names}y"), ty));
+        g.outputs
+            .push(ValueInfo::new(format!("{prefix_names}y"), ty));
         g.add_initializer(Tensor::from_f32("w", vec![4, 4], &[0.5; 16]));
-        g.add_node(Node::with_io("MatMul", "mm", &["x", "w"], &[&format!("{prefix_names}y")]));
+        g.add_node(Node::with_io(
+            "MatMul",
+            "mm",
+            &["x", "w"],
+            &[&format!("{prefix_names}y")],
+        ));
         Model::new(g, 17)
     }
 
@@ -552,7 +569,11 @@ mod tests {
         // The bytes are the teacher's, not a copy.
         let (a, b) = (
             t.graph.initializer("w").unwrap().packed_bytes().unwrap(),
-            s.graph.initializer("teacher/w").unwrap().packed_bytes().unwrap(),
+            s.graph
+                .initializer("teacher/w")
+                .unwrap()
+                .packed_bytes()
+                .unwrap(),
         );
         assert_eq!(a.as_ptr(), b.as_ptr());
     }
@@ -564,11 +585,15 @@ mod tests {
         let err = graft(&mut s, &t, "teacher/", &BTreeMap::new(), &["y".into()])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("name clash") && err.contains("\"teacher/y\""), "{err}");
+        assert!(
+            err.contains("name clash") && err.contains("\"teacher/y\""),
+            "{err}"
+        );
 
         let mut s = tiny("");
         s.opset_import[0].version = Some(11);
-        s.graph.add_node(Node::with_io("Softmax", "sm", &["y"], &["p"]));
+        s.graph
+            .add_node(Node::with_io("Softmax", "sm", &["y"], &["p"]));
         let err = graft(&mut s, &t, "teacher/", &BTreeMap::new(), &["y".into()])
             .unwrap_err()
             .to_string();

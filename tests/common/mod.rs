@@ -100,4 +100,3 @@ pub fn write_npz(path: &Path, arrays: &[(String, whittle::data::Array)]) {
     }
     zip.finish().unwrap();
 }
-
