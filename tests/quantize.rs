@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use whittle::data::{load_samples, Array, InputSpec};
