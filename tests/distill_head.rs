@@ -583,11 +583,10 @@ fn feature_terms_with_a_least_squares_projection() {
         let nt: f64 = t.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
         cos += dot / (np * nt);
     }
-    assert_close(
-        scalar(&outs, "feature_loss_1"),
-        1.0 - cos / BATCH as f64,
-        "cosine",
-    );
+    // The exact fit makes the cosines ~1: the term (in [0, 2]) is compared absolutely.
+    let cosine = scalar(&outs, "feature_loss_1");
+    let want = 1.0 - cos / BATCH as f64;
+    assert!((cosine - want).abs() < 1e-6, "cosine: {cosine} vs {want}");
     let kd = scalar(&outs, "kd_loss");
     assert_close(
         scalar(&outs, "loss"),
