@@ -1015,7 +1015,7 @@ mod tests {
         let e = parse("{ teacher: input, alpha: 0.5 }").unwrap_err();
         assert_eq!(e.field, "alpha");
         assert!(e.message.contains("needs labels"), "{}", e.message);
-        let e = parse("{ teacher: input, labels: { name: y, dtype: float } }").unwrap_err();
+        let e = parse("{ teacher: input, labels: { name: lbl, dtype: float } }").unwrap_err();
         assert_eq!(e.field, "labels.dtype");
         assert!(e.message.contains("not an integer type"), "{}", e.message);
         let e = parse("{ teacher: input, temperature: 0 }").unwrap_err();
@@ -1023,7 +1023,7 @@ mod tests {
         let e = parse("{ teacher: input, trainable: { exclude: [{ regex: '(' }] } }").unwrap_err();
         assert_eq!(e.field, "trainable.exclude[0].regex");
         assert_eq!(
-            parse("{ teacher: input, labels: { name: y } }")
+            parse("{ teacher: input, labels: { name: lbl } }")
                 .unwrap()
                 .alpha(),
             0.5
