@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -16,6 +17,7 @@ use serde::Serialize;
 use crate::ir::Model;
 
 pub mod calib;
+mod distill_head;
 pub mod eliminate_dead;
 mod fold_batchnorm;
 pub mod linalg;
@@ -27,6 +29,12 @@ pub trait Pass {
     /// Rewrites the model. `ctx` carries what the command line gave besides
     /// the model (calibration data, threads); most passes ignore it.
     fn run(&self, model: &mut Model, ctx: &PassContext) -> Result<PassReport, PassError>;
+
+    /// True when the pass reads [`PassContext::pipeline_input`], so the
+    /// manager keeps the model as it entered the pipeline.
+    fn needs_pipeline_input(&self) -> bool {
+        false
+    }
 }
 
 /// What a pass may use besides the model and its options.
@@ -43,6 +51,13 @@ pub struct PassContext {
     pub threads: Option<usize>,
     /// Draw progress bars on stderr (it is a terminal).
     pub progress: bool,
+    /// The folder of the pipeline file: relative paths in pass options are
+    /// taken from there (`None`: the working directory).
+    pub pipeline_dir: Option<PathBuf>,
+    /// The model as it entered the pipeline, before any pass ran; set by the
+    /// manager only when a pass asks for it ([`Pass::needs_pipeline_input`]).
+    /// A clone of the IR whose tensors share the input's bytes.
+    pub pipeline_input: Option<Arc<Model>>,
 }
 
 /// What a pass did: named counters and per-node details, in a stable order.
@@ -158,6 +173,7 @@ pub struct PassInfo {
 
 /// Every pass, in the order `whittle passes` lists them.
 pub static PASSES: &[PassInfo] = &[
+    distill_head::INFO,
     eliminate_dead::INFO,
     fold_batchnorm::INFO,
     quantize::INFO,

@@ -286,6 +286,8 @@ fn run(cli: Cli) -> Result<()> {
                 model_dir: Some(whittle::exec::folder_of(&input)),
                 threads: threads.map(|t| t as usize),
                 progress: std::io::stderr().is_terminal(),
+                pipeline_dir: Some(pipeline_dir.clone()),
+                pipeline_input: None,
             };
             let runs = manager::run(&mut model, &pipeline, &ctx, dump_dir.as_deref())?;
             for r in &runs {

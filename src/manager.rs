@@ -68,18 +68,29 @@ pub fn run(
             .map_err(|error| ManagerError::Dump { path, error })
     };
     write_dump("00-input.txt".into(), model)?;
-    let mut runs = Vec::with_capacity(pipeline.passes.len());
+    let mut passes = Vec::with_capacity(pipeline.passes.len());
     for (index, spec) in pipeline.passes.iter().enumerate() {
+        let pass = spec.build(index).map_err(|(field, m)| ManagerError::Pass {
+            index,
+            name: spec.name.clone(),
+            message: format!("{field}: {m}"),
+        })?;
+        passes.push(pass);
+    }
+    // The pipeline's input, kept for passes that read it (tensors share bytes).
+    let mut ctx = ctx.clone();
+    if ctx.pipeline_input.is_none() && passes.iter().any(|p| p.needs_pipeline_input()) {
+        ctx.pipeline_input = Some(std::sync::Arc::new(model.clone()));
+    }
+    let mut runs = Vec::with_capacity(pipeline.passes.len());
+    for ((index, spec), pass) in pipeline.passes.iter().enumerate().zip(passes) {
         let fail = |message: String| ManagerError::Pass {
             index,
             name: spec.name.clone(),
             message,
         };
-        let pass = spec
-            .build(index)
-            .map_err(|(field, m)| fail(format!("{field}: {m}")))?;
         let started = Instant::now();
-        let report = pass.run(model, ctx).map_err(|e| fail(e.to_string()))?;
+        let report = pass.run(model, &ctx).map_err(|e| fail(e.to_string()))?;
         let dead_nodes_cleaned = remove_dead_nodes(&mut model.graph);
         ir::verify(model).map_err(|e| {
             fail(format!(

@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use whittle::data::{load_samples, Array, InputSpec};
@@ -128,41 +127,6 @@ fn quantize_on_1_and_2_threads(
     (dir.join(format!("{stem}.1.onnx")), reports)
 }
 
-/// Writes `arrays` as an uncompressed .npz (numpy's own layout, little-endian f32/other).
-fn write_npz(path: &Path, arrays: &[(String, Array)]) {
-    let file = std::fs::File::create(path).unwrap();
-    let mut zip = zip::ZipWriter::new(file);
-    let options =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, a) in arrays {
-        let descr = match a.dtype {
-            DataType::Float => "<f4",
-            DataType::Int64 => "<i8",
-            DataType::Int32 => "<i4",
-            DataType::Uint8 => "|u1",
-            DataType::Int8 => "|i1",
-            other => panic!("no npy descr for {other}"),
-        };
-        let shape: Vec<String> = a.shape.iter().map(|d| d.to_string()).collect();
-        let shape = match shape.len() {
-            1 => format!("({},)", shape[0]),
-            _ => format!("({})", shape.join(", ")),
-        };
-        let mut header =
-            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(' ');
-        }
-        header.push('\n');
-        zip.start_file(format!("{name}.npy"), options).unwrap();
-        zip.write_all(b"\x93NUMPY\x01\x00").unwrap();
-        zip.write_all(&(header.len() as u16).to_le_bytes()).unwrap();
-        zip.write_all(header.as_bytes()).unwrap();
-        zip.write_all(&a.data).unwrap();
-    }
-    zip.finish().unwrap();
-}
-
 /// Runs `model` in tract over the samples of `data` and writes its outputs
 /// (first axis = samples) next to it.
 fn tract_outputs(model_path: &Path, data: &Path) -> PathBuf {
@@ -180,7 +144,7 @@ fn tract_outputs(model_path: &Path, data: &Path) -> PathBuf {
         arrays.push((name.clone(), Array::new(first.dtype, shape, bytes).unwrap()));
     }
     let path = model_path.with_extension("tract.npz");
-    write_npz(&path, &arrays);
+    common::write_npz(&path, &arrays);
     path
 }
 
@@ -681,7 +645,7 @@ fn linear_data(dir: &Path, name: &str, amplitude: f32) -> PathBuf {
         .collect();
     let path = dir.join(format!("{name}.npz"));
     let array = Array::new(DataType::Float, vec![16, 1, 4, 32], values).unwrap();
-    write_npz(&path, &[("x".to_string(), array)]);
+    common::write_npz(&path, &[("x".to_string(), array)]);
     path
 }
 

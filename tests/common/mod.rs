@@ -115,3 +115,38 @@ pub fn text(out: &Output) -> (String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Writes `arrays` as an uncompressed .npz (numpy's own layout, little-endian f32/other).
+pub fn write_npz(path: &Path, arrays: &[(String, whittle::data::Array)]) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut zip = zip::ZipWriter::new(file);
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, a) in arrays {
+        let descr = match a.dtype {
+            whittle::ir::DataType::Float => "<f4",
+            whittle::ir::DataType::Int64 => "<i8",
+            whittle::ir::DataType::Int32 => "<i4",
+            whittle::ir::DataType::Uint8 => "|u1",
+            whittle::ir::DataType::Int8 => "|i1",
+            other => panic!("no npy descr for {other}"),
+        };
+        let shape: Vec<String> = a.shape.iter().map(|d| d.to_string()).collect();
+        let shape = match shape.len() {
+            1 => format!("({},)", shape[0]),
+            _ => format!("({})", shape.join(", ")),
+        };
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        zip.start_file(format!("{name}.npy"), options).unwrap();
+        std::io::Write::write_all(&mut zip, b"\x93NUMPY\x01\x00").unwrap();
+        std::io::Write::write_all(&mut zip, &(header.len() as u16).to_le_bytes()).unwrap();
+        std::io::Write::write_all(&mut zip, header.as_bytes()).unwrap();
+        std::io::Write::write_all(&mut zip, &a.data).unwrap();
+    }
+    zip.finish().unwrap();
+}
