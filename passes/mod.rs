@@ -19,7 +19,9 @@ pub mod calib;
 pub mod eliminate_dead;
 mod fold_batchnorm;
 pub mod linalg;
+pub mod measure;
 mod quantize;
+pub mod select;
 mod specialize;
 
 /// A rewrite pass with its options already checked.
