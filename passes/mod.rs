@@ -21,7 +21,9 @@ mod distill_head;
 pub mod eliminate_dead;
 mod fold_batchnorm;
 pub mod linalg;
+pub mod measure;
 mod quantize;
+pub mod select;
 mod specialize;
 
 /// A rewrite pass with its options already checked.

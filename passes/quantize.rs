@@ -62,6 +62,12 @@
 //! quantized; everything but it quantized), ranked, and the fewest
 //! top-ranked nodes stay float until the target holds on the calibration
 //! data (see `sensitivity.rs`); the report gives the int8 share of MACs.
+//! The written model (after bias correction, equalization, folding) is then
+//! run on every calibration sample as `whittle validate` runs it, against
+//! the pass's input model; if it misses, more ranked nodes stay float until
+//! it holds, and the target line gives that figure and names the samples.
+//! `target.holdout` keeps the last samples out of calibration and the search
+//! and requires the target on them too.
 //!
 //! Profiles: `onnxruntime` (the defaults: uint8 asymmetric activations, int8
 //! symmetric per-channel weights, int32 biases, shared pairs) and `tensorrt`
@@ -87,6 +93,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::measure;
+use super::select::{self, Matchers, NodeMatch, Selection};
 use super::{
     calib, parse_config, Config, ConfigError, Pass, PassContext, PassError, PassInfo, PassReport,
 };
@@ -193,6 +201,22 @@ pub struct Target {
     /// Samples (the first ones of the data) each node's sensitivity is
     /// measured on; whether the target holds is checked on all the data.
     pub samples: usize,
+    /// Fraction of the samples (the last ones, rounded; 0..1) kept out of
+    /// calibration and the search, on which the written model must meet the
+    /// target too: the report gives both figures. 0 (the default: not yet
+    /// chosen by a bench measurement) calibrates and searches on every sample.
+    pub holdout: f64,
+}
+
+impl Target {
+    /// The accuracy thresholds.
+    pub fn thresholds(&self) -> super::measure::Thresholds {
+        super::measure::Thresholds {
+            min_sqnr_db: self.min_sqnr_db,
+            min_cosine: self.min_cosine,
+            min_top1: self.min_top1,
+        }
+    }
 }
 
 impl Default for Target {
@@ -202,6 +226,7 @@ impl Default for Target {
             min_cosine: None,
             min_top1: None,
             samples: 8,
+            holdout: 0.0,
         }
     }
 }
@@ -420,24 +445,6 @@ pub enum Dtype {
     Int8,
 }
 
-/// Selects nodes by exact name or by regular expression.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(untagged)]
-pub enum NodeMatch {
-    /// A node name, matched exactly.
-    Name(String),
-    /// `{ regex: "..." }`: names the expression matches anywhere.
-    Regex(RegexMatch),
-}
-
-/// A regular expression over node names.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RegexMatch {
-    /// The expression (Rust `regex` syntax; anchor with `^...$` to match whole names).
-    pub regex: String,
-}
-
 /// An override of one activation tensor's quantization.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -476,20 +483,7 @@ impl Config for Quantize {
             ));
         }
         let known: Vec<&str> = plan::OPS.iter().map(|(o, _)| *o).collect();
-        for (i, op) in self.ops.iter().enumerate() {
-            if plan::role(op).is_none() {
-                let hint = super::closest(op, &known)
-                    .map(|c| format!("did you mean {c:?}? "))
-                    .unwrap_or_default();
-                return Err(config_error(
-                    format!("ops[{i}]"),
-                    format!(
-                        "whittle cannot quantize {op:?}; {hint}supported: {}",
-                        known.join(", ")
-                    ),
-                ));
-            }
-        }
+        select::check_ops(&self.ops, &known, "ops", "quantize")?;
         if !self
             .ops
             .iter()
@@ -520,18 +514,8 @@ impl Config for Quantize {
         if c.samples == Some(0) {
             return Err(config_error("calibration.samples", "must be at least 1"));
         }
-        for (list, field) in [
-            (&self.include_nodes, "include_nodes"),
-            (&self.exclude_nodes, "exclude_nodes"),
-            (&self.activations.dynamic_nodes, "activations.dynamic_nodes"),
-        ] {
-            for (i, m) in list.iter().enumerate() {
-                if let NodeMatch::Regex(r) = m {
-                    regex::Regex::new(&r.regex).map_err(|e| {
-                        config_error(format!("{field}[{i}].regex"), first_line(&e.to_string()))
-                    })?;
-                }
-            }
+        for (list, field) in self.node_lists() {
+            select::check_patterns(list, field)?;
         }
         for (name, o) in &self.overrides {
             let field = |f: &str| format!("overrides.{name}.{f}");
@@ -565,28 +549,15 @@ impl Config for Quantize {
             }
         }
         if let Some(t) = &self.target {
-            if t.min_sqnr_db.is_none() && t.min_cosine.is_none() && t.min_top1.is_none() {
-                return Err(config_error(
-                    "target",
-                    "give at least one of min_sqnr_db, min_cosine, min_top1",
-                ));
-            }
+            t.thresholds().check("target")?;
             if t.samples == 0 {
                 return Err(config_error("target.samples", "must be at least 1"));
             }
-            if t.min_sqnr_db.is_some_and(|v| !v.is_finite()) {
+            if !(0.0..1.0).contains(&t.holdout) {
                 return Err(config_error(
-                    "target.min_sqnr_db",
-                    "must be a finite number of dB",
+                    "target.holdout",
+                    format!("{} is not a fraction in [0, 1)", t.holdout),
                 ));
-            }
-            for (v, f) in [(t.min_cosine, "min_cosine"), (t.min_top1, "min_top1")] {
-                if v.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
-                    return Err(config_error(
-                        format!("target.{f}"),
-                        "must be between 0 and 1",
-                    ));
-                }
             }
         }
         let s = self.settings();
@@ -620,14 +591,6 @@ impl Config for Quantize {
         }
         Ok(())
     }
-}
-
-fn first_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// An integer type the pass emits.
@@ -795,73 +758,42 @@ impl Quantize {
     }
 }
 
-/// Compiled `include_nodes` / `exclude_nodes`.
+/// Compiled `include_nodes` / `exclude_nodes` / `activations.dynamic_nodes`.
 pub struct NodeFilter {
-    include: Vec<Matcher>,
-    exclude: Vec<Matcher>,
+    select: Selection,
     keep_float: BTreeSet<crate::ir::NodeId>,
     all_dynamic: bool,
-    dynamic: Vec<Matcher>,
-}
-
-enum Matcher {
-    Name(String),
-    Regex(regex::Regex),
-}
-
-impl Matcher {
-    fn new(m: &NodeMatch) -> Matcher {
-        match m {
-            NodeMatch::Name(n) => Matcher::Name(n.clone()),
-            // Checked in `Config::check`.
-            NodeMatch::Regex(r) => Matcher::Regex(
-                regex::Regex::new(&r.regex).unwrap_or_else(|_| regex::Regex::new("$^").unwrap()),
-            ),
-        }
-    }
-
-    fn matches(&self, name: &str) -> bool {
-        match self {
-            Matcher::Name(n) => n == name,
-            Matcher::Regex(r) => r.is_match(name),
-        }
-    }
+    dynamic: Matchers,
 }
 
 impl NodeFilter {
     fn new(q: &Quantize, keep_float: BTreeSet<crate::ir::NodeId>) -> NodeFilter {
         NodeFilter {
-            include: q.include_nodes.iter().map(Matcher::new).collect(),
-            exclude: q.exclude_nodes.iter().map(Matcher::new).collect(),
+            select: Selection::new(&q.include_nodes, &q.exclude_nodes),
             keep_float,
             all_dynamic: q.activations.scaling == Scaling::Dynamic,
-            dynamic: q
-                .activations
-                .dynamic_nodes
-                .iter()
-                .map(Matcher::new)
-                .collect(),
+            dynamic: Matchers::new(&q.activations.dynamic_nodes),
         }
     }
 
     /// Whether compute node `name`'s input is scaled per run.
     pub fn dynamic(&self, name: &str) -> bool {
-        self.all_dynamic || self.dynamic.iter().any(|m| m.matches(name))
+        self.all_dynamic || self.dynamic.any(name)
     }
 
-    /// Why a node is filtered out, if it is.
+    /// Why a node is filtered out, if it is (data-movement and activation
+    /// ops are not held to `include_nodes`: they follow their input).
     pub fn rejects(&self, id: crate::ir::NodeId, name: &str, role: Role) -> Option<String> {
         if self.keep_float.contains(&id) {
             return Some("kept float to meet the accuracy target".into());
         }
-        if let Some(i) = self.exclude.iter().position(|m| m.matches(name)) {
-            return Some(format!("excluded by exclude_nodes[{i}]"));
+        if let Some(why) = self.select.excluded(name) {
+            return Some(why);
         }
         let starts = matches!(role, Role::Compute | Role::Generic);
-        if starts && !self.include.is_empty() && !self.include.iter().any(|m| m.matches(name)) {
-            return Some("not in include_nodes".into());
-        }
-        None
+        starts
+            .then(|| self.select.excluded_by_include(name))
+            .flatten()
     }
 }
 
@@ -881,6 +813,9 @@ impl Pass for Quantize {
             "calibration_samples",
         ]);
         check_model(model)?;
+        // The model as given: what `whittle validate` compares the output
+        // with, so what variants and the written model are scored against.
+        let original = model.clone();
         report.count(
             "constants_hoisted",
             super::hoist_constants(&mut model.graph) as i64,
@@ -919,7 +854,8 @@ impl Pass for Quantize {
 
         // Calibrate: the planned tensors, plus every compute node's input and
         // output (their shapes give the MACs).
-        let samples = calib::load_samples(model, ctx, self.calibration.samples, &mut report)?;
+        let mut samples = calib::load_samples(model, ctx, self.calibration.samples, &mut report)?;
+        let held = self.hold_out(&mut samples, &mut report);
         let threads = ctx.threads.unwrap_or_else(crate::exec::default_threads);
         if self.equalize {
             let n = self.equalize(model, &samples, ctx, threads, &mut report)?;
@@ -1007,15 +943,20 @@ impl Pass for Quantize {
         // first `target.samples`.
         let measures = self.sensitivity || self.target.is_some();
         let choices = s.auto || self.activations.scaling == Scaling::Auto;
-        let macs = sensitivity::node_macs(&model.graph, &cal.shapes);
+        let macs = measure::node_macs(&model.graph, &cal.shapes);
         let mut keep_float = BTreeSet::new();
+        let mut outcome = None;
+        let mut reference = Vec::new();
+        let dir = ctx.model_dir.as_deref();
         if measures || choices {
             let probed = if measures {
                 &samples[..]
             } else {
                 &samples[..samples.len().min(self.target_samples())]
             };
-            let probe = sensitivity::Probe::new(self, model, &cal, probed, ctx, threads)?;
+            reference = measure::run("float model", &original, probed, dir, threads, true)?;
+            let probe =
+                sensitivity::Probe::new(self, model, &cal, probed, &reference, ctx, threads)?;
             if s.auto {
                 s.per_tensor = sensitivity::choose_methods(&probe, &s, &plan, &mut report)?;
             }
@@ -1027,18 +968,84 @@ impl Pass for Quantize {
             }
             // Which compute nodes stay float.
             if measures {
-                let outcome = sensitivity::analyse(&probe, &s, &plan, &macs)?;
-                keep_float = outcome.keep_float.clone();
-                outcome.report(&mut report, self.target.as_ref());
+                let found = sensitivity::analyse(&probe, &s, &plan, &macs)?;
+                keep_float = found.keep_float.clone();
                 if !keep_float.is_empty() {
                     plan = self.plan_for(&model.graph, &s, &keep_float)?;
                     drop_non_float(&mut plan, &cal.not_float);
                 }
+                outcome = Some(found);
             }
         }
-        drop(samples);
         let params = self.params_for(&s, &plan, &cal.stats);
-        self.apply(model, &s, &plan, &params, &cal, &mut report)?;
+        let before_edits = self.target.as_ref().map(|_| model.clone());
+        let mut applied = PassReport::default();
+        self.apply(model, &s, &plan, &params, &cal, &mut applied)?;
+        if let (Some(t), Some(found), Some(before)) = (&self.target, outcome.as_mut(), before_edits)
+        {
+            // The acceptance: the model exactly as written, on every sample
+            // the search used (and the held-out ones), as `validate` runs it.
+            let th = t.thresholds();
+            let held_reference = match held.is_empty() {
+                true => None,
+                false => Some(measure::run(
+                    "float model",
+                    &original,
+                    &held,
+                    dir,
+                    threads,
+                    true,
+                )?),
+            };
+            let (mut retries, mut step) = (0, 1);
+            loop {
+                let got = measure::run("quantized model", model, &samples, dir, threads, true)?;
+                let on_search = measure::score(&reference, &got);
+                let on_held = match &held_reference {
+                    Some(r) => {
+                        let got =
+                            measure::run("quantized model", model, &held, dir, threads, true)?;
+                        Some(measure::score(r, &got))
+                    }
+                    None => None,
+                };
+                let ok = on_search.meets_pooled(&th) && on_held.is_none_or(|h| h.meets_pooled(&th));
+                found.accepted = Some(sensitivity::Acceptance {
+                    search: on_search,
+                    source: if ctx.data.is_some() {
+                        "calibration"
+                    } else {
+                        "synthetic"
+                    },
+                    holdout: on_held,
+                    retries,
+                });
+                let kept: BTreeSet<usize> = (0..found.rows.len())
+                    .filter(|&i| keep_float.contains(&found.rows[i].node))
+                    .collect();
+                if ok || kept.len() == found.rows.len() {
+                    found.met = found.met && ok;
+                    break;
+                }
+                // Missed as written: keep the next ranked nodes float too.
+                let wider = measure::widen(found.rows.len(), &kept, step);
+                step *= 2;
+                retries += 1;
+                keep_float = wider.iter().map(|&i| found.rows[i].node).collect();
+                *model = before.clone();
+                plan = self.plan_for(&model.graph, &s, &keep_float)?;
+                drop_non_float(&mut plan, &cal.not_float);
+                let params = self.params_for(&s, &plan, &cal.stats);
+                applied = PassReport::default();
+                self.apply(model, &s, &plan, &params, &cal, &mut applied)?;
+            }
+            found.keep_float = keep_float.clone();
+        }
+        drop(samples);
+        if let Some(found) = &outcome {
+            found.report(&mut report, self.target.as_ref());
+        }
+        report.merge(applied);
         let int8: u64 = plan
             .nodes
             .iter()
@@ -1112,6 +1119,27 @@ impl Quantize {
             self.equalize_alpha,
             report,
         )
+    }
+
+    /// `target.holdout`: splits the last samples off (at least one stays).
+    fn hold_out(
+        &self,
+        samples: &mut Vec<crate::data::Sample>,
+        report: &mut PassReport,
+    ) -> Vec<crate::data::Sample> {
+        let Some(t) = self.target.as_ref().filter(|t| t.holdout > 0.0) else {
+            return Vec::new();
+        };
+        let n = samples.len();
+        let k = ((n as f64 * t.holdout).round() as usize).min(n.saturating_sub(1));
+        if k == 0 {
+            report.warnings.push(format!(
+                "target.holdout {}: {n} samples are too few to hold any out",
+                t.holdout
+            ));
+        }
+        report.count("samples_held_out", k as i64);
+        samples.split_off(n - k)
     }
 
     /// Samples the sensitivity analysis and the target check run on.
@@ -1444,37 +1472,20 @@ impl Quantize {
         })
     }
 
-    /// Exact names in include/exclude must exist; a regex that matches
-    /// nothing is only a warning (pipelines are shared between models).
-    fn check_node_names(&self, g: &Graph, report: &mut PassReport) -> Result<(), PassError> {
-        let names: Vec<&str> = g.nodes().map(|(_, n)| n.name()).collect();
-        for (list, field) in [
+    /// The node lists and their YAML names.
+    fn node_lists(&self) -> [(&[NodeMatch], &'static str); 3] {
+        [
             (&self.include_nodes, "include_nodes"),
             (&self.exclude_nodes, "exclude_nodes"),
             (&self.activations.dynamic_nodes, "activations.dynamic_nodes"),
-        ] {
-            for (i, m) in list.iter().enumerate() {
-                match m {
-                    NodeMatch::Name(n) if !names.contains(&n.as_str()) => {
-                        let hint = super::closest(n, &names)
-                            .map(|c| format!("; did you mean {c:?}?"))
-                            .unwrap_or_default();
-                        return Err(PassError::Model(format!(
-                            "{field}[{i}]: no node is named {n:?}{hint}"
-                        )));
-                    }
-                    NodeMatch::Regex(r) => {
-                        let m = Matcher::new(m);
-                        if !names.iter().any(|n| m.matches(n)) {
-                            report.warnings.push(format!(
-                                "{field}[{i}]: regex {:?} matches no node name",
-                                r.regex
-                            ));
-                        }
-                    }
-                    NodeMatch::Name(_) => {}
-                }
-            }
+        ]
+    }
+
+    /// Exact names in include/exclude must exist; a regex that matches
+    /// nothing is only a warning (pipelines are shared between models).
+    fn check_node_names(&self, g: &Graph, report: &mut PassReport) -> Result<(), PassError> {
+        for (list, field) in self.node_lists() {
+            select::check_names(g, list, field, &mut report.warnings)?;
         }
         Ok(())
     }
@@ -1482,18 +1493,12 @@ impl Quantize {
     /// Every override must name a tensor the plan quantizes.
     fn check_overrides(&self, plan: &Plan) -> Result<(), PassError> {
         let names: Vec<&str> = plan.tensors.iter().map(|t| t.name.as_str()).collect();
-        for name in self.overrides.keys() {
-            if !names.contains(&name.as_str()) {
-                let hint = super::closest(name, &names)
-                    .map(|c| format!("; did you mean {c:?}?"))
-                    .unwrap_or_default();
-                return Err(PassError::Model(format!(
-                    "overrides.{name}: {name:?} is not one of the {} activation tensors this pass quantizes{hint}",
-                    names.len()
-                )));
-            }
-        }
-        Ok(())
+        select::check_keys(
+            self.overrides.keys(),
+            &names,
+            "overrides",
+            "activation tensors this pass quantizes",
+        )
     }
 }
 

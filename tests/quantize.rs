@@ -794,3 +794,100 @@ fn dynamic_scaling_makes_integer_kernels_that_keep_quiet_inputs_accurate() {
     assert!(e.contains("weights.symmetric"), "{e}");
     assert!(!dir.join("bad.onnx").exists());
 }
+
+/// Issue 13 (must-show 3): the target's final line names the samples it was
+/// measured on and gives what `whittle validate ORIGINAL OUTPUT --data SAME`
+/// measures (±0.1 dB); on data whose first `target.samples` samples are easy
+/// (the fixture's own inputs) and whose later ones are hard (the same inputs
+/// at a fifth of the level, where the calibrated grid is coarse), a "met"
+/// line is never contradicted by `validate` on all the samples. With
+/// `target.holdout`, the held-out figure is reported beside it.
+#[test]
+fn the_target_reports_what_validate_measures_when_later_samples_are_harder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let original = common::fixture("resnet_tiny.onnx");
+    let fixture = whittle::data::read_npz(&common::fixture("resnet_tiny.data.npz")).unwrap();
+    let (name, x) = &fixture[0];
+    let easy = x.to_f64();
+    let mut values: Vec<f32> = easy.iter().map(|&v| v as f32).collect();
+    for _ in 0..2 {
+        values.extend(easy.iter().map(|&v| (v * 0.2) as f32));
+    }
+    let mut shape = x.shape.clone();
+    shape[0] *= 3;
+    let data = tmp.path().join("easy_then_hard.npz");
+    write_npz(&data, &[(name.clone(), Array::from_f32(shape, &values))]);
+
+    for (stem, options, held) in [
+        (
+            "all",
+            "      target: { min_sqnr_db: 36, samples: 4 }",
+            false,
+        ),
+        (
+            "held",
+            "      target: { min_sqnr_db: 36, samples: 4, holdout: 0.25 }",
+            true,
+        ),
+    ] {
+        let config = pipeline(tmp.path(), &format!("{stem}.yaml"), options);
+        let out = tmp.path().join(format!("{stem}.onnx"));
+        let stderr = run_pipeline(&config, &original, &data, &out, &[]);
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("target SQNR >= 36 dB:"))
+            .unwrap_or_else(|| panic!("no target line: {stderr}"));
+        let samples = if held { 9 } else { 12 };
+        let on = format!("the model as written, on all {samples} calibration samples");
+        assert!(line.contains(&on), "{line}");
+        let reported: f64 = line
+            .split(&on)
+            .nth(1)
+            .and_then(|rest| rest.split("SQNR ").nth(1))
+            .and_then(|v| v.split(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no SQNR in {line}"));
+        // validate on exactly the samples the search used.
+        let used = if held {
+            let part = tmp.path().join("first9.npz");
+            let n: usize = x.shape[1..].iter().product();
+            let mut shape = x.shape.clone();
+            shape[0] = 9;
+            write_npz(
+                &part,
+                &[(name.clone(), Array::from_f32(shape, &values[..9 * n]))],
+            );
+            assert!(line.contains("on 3 held-out samples: SQNR"), "{line}");
+            part
+        } else {
+            data.clone()
+        };
+        let json = tmp.path().join(format!("{stem}.validate.json"));
+        common::whittle(&[
+            "validate",
+            original.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--data",
+            used.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let measured = v["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o["sqnr_db"].as_f64())
+            .fold(f64::INFINITY, f64::min);
+        assert!(
+            (reported - measured).abs() <= 0.1,
+            "{stem}: reported {reported} dB, validate {measured} dB\n{line}"
+        );
+        if line.contains(": met with") {
+            assert!(
+                sqnr_gate(&original, &out, &used, "36"),
+                "{stem}: met but validate fails\n{line}"
+            );
+        }
+    }
+}

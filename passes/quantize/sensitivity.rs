@@ -19,16 +19,13 @@
 //! that just clears the target on the calibration data still holds on
 //! unseen inputs.
 //!
-//! With a target, the pass keeps the `k` highest-ranked nodes float for the
-//! smallest `k` whose model meets the target, found by bisection over `k`
-//! (one model build and run per step). The error of a set of float nodes is
-//! close to monotone in `k` but not exactly; the chosen model is always
-//! measured, never extrapolated. Then each kept node holding at least 1% of
-//! the MACs (biggest first, at most 12) is quantized again if the target
-//! still holds without it: the prefix usually overshoots the target, and
-//! the margin can pay for a big node. Errors do not add up exactly, so the
-//! nodes that fail are retried after a round that gave any back (at most 3
-//! rounds).
+//! With a target, `measure::search` keeps the `k` highest-ranked nodes
+//! float for the smallest `k` whose model meets the target (bisection, one
+//! model build and run per step, always measured), then quantizes again the
+//! kept nodes with at least 1% of the MACs that the margin can pay for.
+//! Every score is against the pass's input model, by `validate`'s metrics
+//! (`measure::score`). The pass then accepts the model exactly as written
+//! on every sample the search used (see `quantize.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -36,37 +33,15 @@ use std::fmt::Write as _;
 use serde_json::json;
 
 use crate::data::{Array, Sample};
-use crate::exec::{metrics, parallel_map, run_samples, Runner};
-use crate::ir::{Graph, Model, NodeId};
+use crate::exec::{parallel_map, run_samples, Runner};
+use crate::ir::{Model, NodeId};
+use crate::passes::measure::{self, Score};
 use crate::passes::{PassContext, PassError, PassReport};
 
 use super::plan::{Plan, RangeSource, Role};
 use super::qdq::TensorParams;
 use super::ranges::RangeMethod;
-use super::{Measured, NodeFilter, Quantize, Settings, Target};
-
-/// How close a variant's outputs are to the float model's (worst output).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Score {
-    /// Least SQNR over the outputs, dB.
-    pub sqnr_db: f64,
-    /// Least one-sided 95% lower confidence bound of the SQNR over the
-    /// outputs, dB: the mean noise per sample is raised by 1.645 standard
-    /// errors of the per-sample noise (equal to `sqnr_db` on one sample).
-    pub sqnr_db_low: f64,
-    /// Least cosine similarity.
-    pub cosine: f64,
-    /// Least top-1 agreement over class-score outputs.
-    pub top1: Option<f64>,
-}
-
-impl Score {
-    fn meets(&self, t: &Target) -> bool {
-        t.min_sqnr_db.is_none_or(|m| self.sqnr_db_low >= m)
-            && t.min_cosine.is_none_or(|m| self.cosine >= m)
-            && t.min_top1.is_none_or(|m| self.top1.is_none_or(|v| v >= m))
-    }
-}
+use super::{Measured, NodeFilter, Quantize, Settings};
 
 /// One measured node.
 #[derive(Debug, Clone)]
@@ -83,18 +58,6 @@ pub struct Row {
     pub float_alone: Score,
 }
 
-/// Kept-float nodes the target search tries to quantize again.
-const GIVE_BACK_TRIES: usize = 12;
-
-/// Rounds of those tries: a round retries the nodes the previous one could
-/// not give back, and the last round is one that gives back none.
-const GIVE_BACK_ROUNDS: usize = 3;
-
-/// Relative noise power of a score: `10^(-SQNR/10)`.
-fn noise(s: &Score) -> f64 {
-    10f64.powf(-s.sqnr_db / 10.0)
-}
-
 impl Row {
     /// Output noise this node adds when it alone is quantized, per MAC it
     /// would move back to float (nodes without MACs count one): the greedy
@@ -102,7 +65,7 @@ impl Row {
     /// float MACs. Quantization noise of independent nodes adds up roughly,
     /// so the prefix of this order is a near-best float set for its MACs.
     fn gain_per_mac(&self) -> f64 {
-        noise(&self.alone) / self.macs.unwrap_or(0).max(1) as f64
+        self.alone.noise() / self.macs.unwrap_or(0).max(1) as f64
     }
 }
 
@@ -117,83 +80,27 @@ pub struct Outcome {
     pub chosen: Score,
     /// Nodes kept float.
     pub keep_float: BTreeSet<NodeId>,
-    /// Whether the target (if any) is met.
+    /// Whether the target (if any) is met: by the search, then by the
+    /// acceptance of the model as written.
     pub met: bool,
     /// Variant models built and run.
     pub evaluations: usize,
+    /// The model as written, measured as `whittle validate` measures it.
+    pub accepted: Option<Acceptance>,
 }
 
-/// MACs per sample of every Conv/ConvTranspose/Gemm/MatMul whose input and
-/// output shapes calibration saw.
-pub fn node_macs(g: &Graph, shapes: &BTreeMap<String, Vec<usize>>) -> BTreeMap<NodeId, u64> {
-    let dims = |v: &str| -> Option<Vec<i64>> {
-        match g.initializer(v) {
-            Some(t) => Some(t.dims.clone()),
-            None => shapes.get(v).map(|s| s.iter().map(|&d| d as i64).collect()),
-        }
-    };
-    let mut out = BTreeMap::new();
-    for (id, n) in g.nodes() {
-        if super::plan::role(n.op_type()) != Some(Role::Compute) {
-            continue;
-        }
-        let input = |i: usize| n.inputs.get(i).and_then(|v| dims(v));
-        let y = n.outputs.first().and_then(|v| dims(v));
-        if let Some(m) = crate::inspect::node_macs(n, input(0), input(1), y.as_deref()) {
-            out.insert(id, m);
-        }
-    }
-    out
-}
-
-fn score(reference: &[Vec<Array>], got: &[Vec<Array>]) -> Score {
-    let outputs = reference.first().map_or(0, Vec::len);
-    let mut s = Score {
-        sqnr_db: f64::INFINITY,
-        sqnr_db_low: f64::INFINITY,
-        cosine: 1.0,
-        top1: None,
-    };
-    for k in 0..outputs {
-        let mut st: Option<metrics::Stats> = None;
-        let mut noise: Vec<f64> = Vec::with_capacity(reference.len());
-        for (r, g) in reference.iter().zip(got) {
-            let one = metrics::compare(&r[k], &g[k]);
-            noise.push(one.sum_noise_sq);
-            match &mut st {
-                Some(acc) => acc.merge(&one),
-                None => st = Some(one),
-            }
-        }
-        let Some(st) = st else { continue };
-        s.sqnr_db = s.sqnr_db.min(st.sqnr_db());
-        s.sqnr_db_low = s.sqnr_db_low.min(lower_bound_db(st.sum_a_sq, &noise));
-        s.cosine = s.cosine.min(st.cosine());
-        if let Some(t) = st.top1() {
-            s.top1 = Some(s.top1.map_or(t, |v: f64| v.min(t)));
-        }
-    }
-    s
-}
-
-/// One-sided 95% lower confidence bound of the SQNR, from the signal energy
-/// and the per-sample noise energies: `10·log10(S / (ΣN + 1.645·√n·sd(N)))`.
-fn lower_bound_db(signal: f64, noise: &[f64]) -> f64 {
-    let n = noise.len() as f64;
-    let total: f64 = noise.iter().sum();
-    let spread = if noise.len() > 1 {
-        let mean = total / n;
-        let var = noise.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0);
-        1.645 * (n * var).sqrt()
-    } else {
-        0.0
-    };
-    let bound = total + spread;
-    if bound == 0.0 {
-        f64::INFINITY
-    } else {
-        10.0 * (signal / bound).log10()
-    }
+/// The acceptance of the written model against the pass's input model, on
+/// the same samples and by the same metrics as `whittle validate`.
+#[derive(Debug, Clone)]
+pub struct Acceptance {
+    /// On the samples the search used (all of them but the held-out ones).
+    pub search: Score,
+    /// What those samples are: "calibration" or "synthetic".
+    pub source: &'static str,
+    /// On the samples `target.holdout` kept out of calibration and search.
+    pub holdout: Option<Score>,
+    /// Times more nodes were kept float because the acceptance failed.
+    pub retries: usize,
 }
 
 /// What measuring variant models needs, built once per pass run and shared
@@ -208,24 +115,25 @@ pub struct Probe<'a> {
     progress: bool,
     threads: usize,
     samples: &'a [Sample],
-    reference: Vec<Vec<Array>>,
+    reference: &'a [Vec<Array>],
     /// The first samples nodes and choices are measured on (`target.samples`).
     eval: usize,
 }
 
 impl<'a> Probe<'a> {
-    /// Runs the float model on `samples`.
+    /// Variants of `model` scored against `reference`, the float model's
+    /// outputs on `samples` (the pass's input model, as `whittle validate`
+    /// compares with).
     pub fn new(
         q: &'a Quantize,
         model: &'a Model,
         cal: &'a Measured,
         samples: &'a [Sample],
+        reference: &'a [Vec<Array>],
         ctx: &'a PassContext,
         threads: usize,
     ) -> Result<Probe<'a>, PassError> {
         let dir = ctx.model_dir.as_deref();
-        let float = Runner::from_model("float model", model, dir).map_err(probe_error)?;
-        let reference = run_samples(&float, samples, threads).map_err(probe_error)?;
         Ok(Probe {
             q,
             model,
@@ -254,7 +162,7 @@ impl<'a> Probe<'a> {
             .map_err(probe_error)?
             .without_optimization();
         let got = run_samples(&r, &self.samples[..n], threads).map_err(probe_error)?;
-        Ok(score(&self.reference[..n], &got))
+        Ok(measure::score(&self.reference[..n], &got))
     }
 
     /// `score` of every job on the first `eval` samples, in parallel (one
@@ -335,76 +243,22 @@ pub fn analyse(
     let (mut keep_float, mut chosen, mut met) = (BTreeSet::new(), full, true);
     if let Some(t) = &q.target {
         // The decision is checked on all the data, the ranking on the first samples.
-        chosen = if check > probe.eval {
-            evaluations += 1;
-            evaluate(&BTreeSet::new(), check, threads)?
-        } else {
-            full
-        };
-        met = chosen.meets(t);
-        if !met {
-            // Bisection for the smallest k whose top-k-float model meets the
-            // target: k = lo fails, k = hi is assumed to meet until measured.
-            let top = |k: usize| -> BTreeSet<NodeId> { rows[..k].iter().map(|r| r.node).collect() };
-            let (mut lo, mut hi) = (0usize, rows.len());
-            let mut at_hi: Option<Score> = None;
-            while hi - lo > 1 {
-                let mid = (lo + hi) / 2;
-                let sc = evaluate(&top(mid), check, threads)?;
-                evaluations += 1;
-                if sc.meets(t) {
-                    hi = mid;
-                    at_hi = Some(sc);
-                } else {
-                    lo = mid;
-                }
-            }
-            let sc = match at_hi {
-                Some(sc) => sc,
-                None => {
-                    evaluations += 1;
-                    evaluate(&top(hi), check, threads)?
-                }
-            };
-            keep_float = top(hi);
-            chosen = sc;
-            met = sc.meets(t);
-            if met {
-                // Give back: the prefix may hold big nodes whose noise the
-                // margin above the target can absorb; try each kept node
-                // with at least 1% of the MACs, biggest first, and quantize
-                // it again if the target still holds. Errors do not add up
-                // exactly, so the nodes that failed are tried again after a
-                // round that gave any back.
-                let total: u64 = rows.iter().filter_map(|r| r.macs).sum();
-                let mut big: Vec<&Row> = rows[..hi]
-                    .iter()
-                    .filter(|r| r.macs.unwrap_or(0) * 100 >= total.max(1))
-                    .collect();
-                big.sort_by(|a, b| b.macs.cmp(&a.macs).then(a.label.cmp(&b.label)));
-                big.truncate(GIVE_BACK_TRIES);
-                for _ in 0..GIVE_BACK_ROUNDS {
-                    let tried = big.len();
-                    let mut failed = Vec::new();
-                    for r in big {
-                        let mut fewer = keep_float.clone();
-                        fewer.remove(&r.node);
-                        let sc = evaluate(&fewer, check, threads)?;
-                        evaluations += 1;
-                        if sc.meets(t) {
-                            keep_float = fewer;
-                            chosen = sc;
-                        } else {
-                            failed.push(r);
-                        }
-                    }
-                    big = failed;
-                    if big.is_empty() || big.len() == tried {
-                        break;
-                    }
-                }
-            }
-        }
+        let units: Vec<measure::Unit> = rows
+            .iter()
+            .map(|r| measure::Unit {
+                label: r.label.clone(),
+                cost: r.macs,
+            })
+            .collect();
+        let none_kept = (check <= probe.eval).then_some(full);
+        let found = measure::search(&units, &t.thresholds(), none_kept, |kept| {
+            let ids: BTreeSet<NodeId> = kept.iter().map(|&i| rows[i].node).collect();
+            evaluate(&ids, check, threads)
+        })?;
+        evaluations += found.evaluations;
+        keep_float = found.kept.iter().map(|&i| rows[i].node).collect();
+        chosen = found.score;
+        met = found.met;
     }
     Ok(Outcome {
         rows,
@@ -413,6 +267,7 @@ pub fn analyse(
         keep_float,
         met,
         evaluations,
+        accepted: None,
     })
 }
 
@@ -574,7 +429,7 @@ fn db(v: f64) -> String {
 
 impl Outcome {
     /// Adds the ranked table (terminal and JSON), the decision and its counters.
-    pub fn report(&self, report: &mut PassReport, target: Option<&Target>) {
+    pub fn report(&self, report: &mut PassReport, target: Option<&super::Target>) {
         report.count("sensitivity_nodes", self.rows.len() as i64);
         report.count("sensitivity_models_run", self.evaluations as i64);
         let mut table = String::new();
@@ -608,32 +463,77 @@ impl Outcome {
             }));
         }
         if let Some(t) = target {
+            let t = t.thresholds();
             let _ = write!(
                 table,
-                "target {}: {} with {} of {} nodes kept float (SQNR {} dB, 95% lower bound {} dB, cosine {:.5}{})",
-                describe(t),
+                "target {}: {} with {} of {} nodes kept float",
+                t.describe(),
                 if self.met { "met" } else { "NOT met" },
                 self.keep_float.len(),
                 self.rows.len(),
+            );
+            let figures = |sc: &Score| {
+                format!(
+                    "SQNR {} dB, cosine {:.5}{}",
+                    db(sc.sqnr_db),
+                    sc.cosine,
+                    sc.top1
+                        .map(|v| format!(", top-1 {:.1}%", v * 100.0))
+                        .unwrap_or_default()
+                )
+            };
+            let mut detail = json!({
+                "kind": "target", "target": t.describe(), "met": self.met,
+                "nodes_kept_float": self.keep_float.len(),
+                "search": {
+                    "sqnr_db": finite(self.chosen.sqnr_db),
+                    "sqnr_db_lower_bound": finite(self.chosen.sqnr_db_low),
+                    "cosine": self.chosen.cosine, "top1": self.chosen.top1,
+                    "samples": self.chosen.samples,
+                },
+            });
+            if let Some(a) = &self.accepted {
+                let _ = write!(
+                    table,
+                    "; the model as written, on all {} {} samples (as `whittle validate ORIGINAL OUTPUT --data SAME` measures): {}",
+                    a.search.samples,
+                    a.source,
+                    figures(&a.search)
+                );
+                if let Some(h) = &a.holdout {
+                    let _ = write!(table, "; on {} held-out samples: {}", h.samples, figures(h));
+                }
+                if a.retries > 0 {
+                    let _ = write!(
+                        table,
+                        "; kept more nodes float {} times after the written model missed",
+                        a.retries
+                    );
+                }
+                let one = |sc: &Score| {
+                    json!({
+                        "sqnr_db": finite(sc.sqnr_db), "cosine": sc.cosine,
+                        "top1": sc.top1, "samples": sc.samples,
+                    })
+                };
+                detail["written_model"] = one(&a.search);
+                detail["samples"] = json!(a.source);
+                if let Some(h) = &a.holdout {
+                    detail["held_out"] = one(h);
+                }
+                detail["acceptance_retries"] = json!(a.retries);
+            }
+            let _ = write!(
+                table,
+                " (search: SQNR {} dB, 95% lower bound {} dB)",
                 db(self.chosen.sqnr_db),
                 db(self.chosen.sqnr_db_low),
-                self.chosen.cosine,
-                self.chosen
-                    .top1
-                    .map(|v| format!(", top-1 {:.1}%", v * 100.0))
-                    .unwrap_or_default()
             );
-            report.details.push(json!({
-                "kind": "target", "target": describe(t), "met": self.met,
-                "nodes_kept_float": self.keep_float.len(),
-                "sqnr_db": finite(self.chosen.sqnr_db),
-                "sqnr_db_lower_bound": finite(self.chosen.sqnr_db_low),
-                "cosine": self.chosen.cosine, "top1": self.chosen.top1,
-            }));
+            report.details.push(detail);
             if !self.met {
                 report.warnings.push(format!(
                     "target {} not met even with every quantized compute node kept float",
-                    describe(t)
+                    t.describe()
                 ));
             }
         }
@@ -645,33 +545,9 @@ fn finite(v: f64) -> Option<f64> {
     v.is_finite().then_some(v)
 }
 
-fn describe(t: &Target) -> String {
-    let mut parts = Vec::new();
-    if let Some(v) = t.min_sqnr_db {
-        parts.push(format!("SQNR >= {v} dB"));
-    }
-    if let Some(v) = t.min_cosine {
-        parts.push(format!("cosine >= {v}"));
-    }
-    if let Some(v) = t.min_top1 {
-        parts.push(format!("top-1 >= {v}"));
-    }
-    parts.join(", ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_sqnr_lower_bound_widens_with_the_spread_of_per_sample_noise() {
-        // Equal noise on every sample: the bound is the pooled SQNR.
-        let even = lower_bound_db(100.0, &[1.0; 4]);
-        assert!((even - 10.0 * (100.0f64 / 4.0).log10()).abs() < 1e-12);
-        // Same total noise, all on one sample: lower.
-        assert!(lower_bound_db(100.0, &[4.0, 0.0, 0.0, 0.0]) < even - 1.0);
-        assert_eq!(lower_bound_db(1.0, &[0.0, 0.0]), f64::INFINITY);
-    }
 
     #[test]
     fn ranking_puts_noise_per_mac_first() {
@@ -680,6 +556,7 @@ mod tests {
             sqnr_db_low: db,
             cosine: 1.0,
             top1: None,
+            samples: 1,
         };
         let node = crate::ir::Graph::new("g").add_node(crate::ir::Node::with_io(
             "Conv",

@@ -1,0 +1,458 @@
+//! Measuring variant models against the float model, for every pass that
+//! chooses by accuracy (quantize's target and sensitivity analysis; prune's
+//! and low-rank's `target: { min_sqnr_db }`).
+//!
+//! - [`run`]: a model on samples in tract (the float reference run, or a
+//!   variant: without tract's optimisation for the many cheap variant runs,
+//!   with it for an acceptance that must equal `whittle validate`).
+//! - [`score`]: EXACTLY the metrics `whittle validate` prints
+//!   (`exec::metrics`, the one definition): per output, statistics pooled
+//!   over all samples (`SQNR = 10·log10(Σa² / Σ(a−b)²)` over every element of
+//!   every sample, cosine, top-1 agreement); a [`Score`] is the worst output,
+//!   so `score.sqnr_db` is the lowest SQNR row of `whittle validate ORIGINAL
+//!   VARIANT --data SAME`. It also carries a one-sided 95% lower bound of
+//!   the SQNR over the samples ([`lower_bound_db`]).
+//! - [`node_macs`]: multiply-accumulates per node, as `whittle inspect`
+//!   counts them (`inspect::node_macs`), from observed shapes.
+//! - [`search`]: the generic target search. Given units in rank order (most
+//!   worth keeping first; "keeping" a unit means leaving it as in the float
+//!   model: not quantized, not pruned, not factored) and a way to score the
+//!   variant that keeps a set of them, it finds the smallest ranked prefix
+//!   that meets the [`Thresholds`] (bisection), then gives back the
+//!   costliest kept units the margin can pay for. [`widen`] is the step
+//!   that keeps more when a later, exact acceptance fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::data::{Array, Sample};
+use crate::exec::{metrics, run_samples, Runner};
+use crate::ir::{Graph, Model, NodeId};
+use crate::passes::{ConfigError, PassError};
+
+/// How close a variant's outputs are to the reference (worst output).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    /// Least SQNR over the outputs, dB, pooled over the samples (what
+    /// `whittle validate` prints per output).
+    pub sqnr_db: f64,
+    /// Least one-sided 95% lower confidence bound of the SQNR over the
+    /// outputs, dB: the total noise is raised by 1.645 standard errors of
+    /// the per-sample noise (equal to `sqnr_db` on one sample).
+    pub sqnr_db_low: f64,
+    /// Least cosine similarity.
+    pub cosine: f64,
+    /// Least top-1 agreement over class-score outputs.
+    pub top1: Option<f64>,
+    /// Samples measured.
+    pub samples: usize,
+}
+
+/// Accuracy thresholds on a [`Score`]; every given one must hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Thresholds {
+    /// Least SQNR, dB.
+    pub min_sqnr_db: Option<f64>,
+    /// Least cosine similarity.
+    pub min_cosine: Option<f64>,
+    /// Least top-1 agreement (class-score outputs), 0..1.
+    pub min_top1: Option<f64>,
+}
+
+impl Thresholds {
+    /// Checks the values; errors name `prefix.field` (e.g. `target.min_cosine`).
+    pub fn check(&self, prefix: &str) -> Result<(), ConfigError> {
+        let error = |f: &str, m: &str| ConfigError {
+            field: format!("{prefix}.{f}"),
+            message: m.into(),
+        };
+        if self.min_sqnr_db.is_none() && self.min_cosine.is_none() && self.min_top1.is_none() {
+            return Err(ConfigError {
+                field: prefix.into(),
+                message: "give at least one of min_sqnr_db, min_cosine, min_top1".into(),
+            });
+        }
+        if self.min_sqnr_db.is_some_and(|v| !v.is_finite()) {
+            return Err(error("min_sqnr_db", "must be a finite number of dB"));
+        }
+        for (v, f) in [(self.min_cosine, "min_cosine"), (self.min_top1, "min_top1")] {
+            if v.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
+                return Err(error(f, "must be between 0 and 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// "SQNR >= 30 dB, cosine >= 0.99".
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(v) = self.min_sqnr_db {
+            parts.push(format!("SQNR >= {v} dB"));
+        }
+        if let Some(v) = self.min_cosine {
+            parts.push(format!("cosine >= {v}"));
+        }
+        if let Some(v) = self.min_top1 {
+            parts.push(format!("top-1 >= {v}"));
+        }
+        parts.join(", ")
+    }
+}
+
+impl Score {
+    /// The thresholds hold, SQNR judged on its 95% lower bound (the search's
+    /// rule: a choice that only just clears the target on these samples is
+    /// not taken).
+    pub fn meets(&self, t: &Thresholds) -> bool {
+        self.meets_with(t, self.sqnr_db_low)
+    }
+
+    /// The thresholds hold, SQNR judged on the pooled figure (what
+    /// `whittle validate` gates on).
+    pub fn meets_pooled(&self, t: &Thresholds) -> bool {
+        self.meets_with(t, self.sqnr_db)
+    }
+
+    fn meets_with(&self, t: &Thresholds, sqnr: f64) -> bool {
+        t.min_sqnr_db.is_none_or(|m| sqnr >= m)
+            && t.min_cosine.is_none_or(|m| self.cosine >= m)
+            && t.min_top1.is_none_or(|m| self.top1.is_none_or(|v| v >= m))
+    }
+
+    /// Relative noise power `10^(-SQNR/10)`.
+    pub fn noise(&self) -> f64 {
+        10f64.powf(-self.sqnr_db / 10.0)
+    }
+}
+
+/// Runs `model` on `samples` on `threads` threads; `optimize` false skips
+/// tract's optimisation (a variant run once costs less that way).
+pub fn run(
+    label: &str,
+    model: &Model,
+    samples: &[Sample],
+    dir: Option<&std::path::Path>,
+    threads: usize,
+    optimize: bool,
+) -> Result<Vec<Vec<Array>>, PassError> {
+    let fail = |e: crate::exec::ExecError| PassError::Model(format!("measuring {label}: {e}"));
+    let mut runner = Runner::from_model(label, model, dir).map_err(fail)?;
+    if !optimize {
+        runner = runner.without_optimization();
+    }
+    run_samples(&runner, samples, threads).map_err(fail)
+}
+
+/// The score of `got` against `reference` (same samples, same outputs), by
+/// `whittle validate`'s definitions (see the module doc).
+pub fn score(reference: &[Vec<Array>], got: &[Vec<Array>]) -> Score {
+    let outputs = reference.first().map_or(0, Vec::len);
+    let mut s = Score {
+        sqnr_db: f64::INFINITY,
+        sqnr_db_low: f64::INFINITY,
+        cosine: 1.0,
+        top1: None,
+        samples: reference.len().min(got.len()),
+    };
+    for k in 0..outputs {
+        let mut st: Option<metrics::Stats> = None;
+        let mut noise: Vec<f64> = Vec::with_capacity(reference.len());
+        for (r, g) in reference.iter().zip(got) {
+            let one = metrics::compare(&r[k], &g[k]);
+            noise.push(one.sum_noise_sq);
+            match &mut st {
+                Some(acc) => acc.merge(&one),
+                None => st = Some(one),
+            }
+        }
+        let Some(st) = st else { continue };
+        s.sqnr_db = s.sqnr_db.min(st.sqnr_db());
+        s.sqnr_db_low = s.sqnr_db_low.min(lower_bound_db(st.sum_a_sq, &noise));
+        s.cosine = s.cosine.min(st.cosine());
+        if let Some(t) = st.top1() {
+            s.top1 = Some(s.top1.map_or(t, |v: f64| v.min(t)));
+        }
+    }
+    s
+}
+
+/// One-sided 95% lower confidence bound of the SQNR, from the signal energy
+/// and the per-sample noise energies: `10·log10(S / (ΣN + 1.645·√n·sd(N)))`.
+pub fn lower_bound_db(signal: f64, noise: &[f64]) -> f64 {
+    let n = noise.len() as f64;
+    let total: f64 = noise.iter().sum();
+    let spread = if noise.len() > 1 {
+        let mean = total / n;
+        let var = noise.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0);
+        1.645 * (n * var).sqrt()
+    } else {
+        0.0
+    };
+    let bound = total + spread;
+    if bound == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (signal / bound).log10()
+    }
+}
+
+/// MACs per sample of every Conv/ConvTranspose/Gemm/MatMul whose input and
+/// output shapes are known (initializer dims, else `shapes`, e.g. what
+/// calibration observed), counted as `whittle inspect` counts them.
+pub fn node_macs(g: &Graph, shapes: &BTreeMap<String, Vec<usize>>) -> BTreeMap<NodeId, u64> {
+    let dims = |v: &str| -> Option<Vec<i64>> {
+        match g.initializer(v) {
+            Some(t) => Some(t.dims.clone()),
+            None => shapes.get(v).map(|s| s.iter().map(|&d| d as i64).collect()),
+        }
+    };
+    let mut out = BTreeMap::new();
+    for (id, n) in g.nodes() {
+        if !matches!(n.op_type(), "Conv" | "ConvTranspose" | "Gemm" | "MatMul") {
+            continue;
+        }
+        let input = |i: usize| n.inputs.get(i).and_then(|v| dims(v));
+        let y = n.outputs.first().and_then(|v| dims(v));
+        if let Some(m) = crate::inspect::node_macs(n, input(0), input(1), y.as_deref()) {
+            out.insert(id, m);
+        }
+    }
+    out
+}
+
+/// Kept units the search tries to give back (largest cost first).
+const GIVE_BACK_TRIES: usize = 12;
+
+/// Rounds of those tries: a round retries the units the previous one could
+/// not give back, and the last round is one that gives back none.
+const GIVE_BACK_ROUNDS: usize = 3;
+
+/// One choice of the search, in rank order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unit {
+    /// Its label (ties between equal costs go by label).
+    pub label: String,
+    /// What keeping it costs (e.g. its MACs); `None` counts as nothing.
+    pub cost: Option<u64>,
+}
+
+/// What the search found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    /// Indices (into the ranked units) kept.
+    pub kept: BTreeSet<usize>,
+    /// The kept set's score.
+    pub score: Score,
+    /// Whether it meets the thresholds ([`Score::meets`]).
+    pub met: bool,
+    /// Variants scored.
+    pub evaluations: usize,
+}
+
+/// The target search over `units` in rank order (most worth keeping first).
+/// `evaluate(kept)` scores the variant keeping those units; `none_kept` is
+/// the score with nothing kept when already measured on the same samples.
+///
+/// The smallest `k` whose top-`k` set meets `t` is found by bisection (the
+/// error of a prefix is close to monotone in `k`, not exactly; the chosen
+/// set is always measured, never extrapolated). Then each kept unit with at
+/// least 1% of the total cost (biggest first, at most 12) is given back if
+/// `t` still holds without it; errors do not add up exactly, so the ones
+/// that fail are retried after a round that gave any back (at most 3).
+pub fn search(
+    units: &[Unit],
+    t: &Thresholds,
+    none_kept: Option<Score>,
+    mut evaluate: impl FnMut(&BTreeSet<usize>) -> Result<Score, PassError>,
+) -> Result<Found, PassError> {
+    let mut evaluations = 0;
+    let full = match none_kept {
+        Some(s) => s,
+        None => {
+            evaluations += 1;
+            evaluate(&BTreeSet::new())?
+        }
+    };
+    if full.meets(t) {
+        return Ok(Found {
+            kept: BTreeSet::new(),
+            score: full,
+            met: true,
+            evaluations,
+        });
+    }
+    let top = |k: usize| -> BTreeSet<usize> { (0..k).collect() };
+    let (mut lo, mut hi) = (0usize, units.len());
+    let mut at_hi: Option<Score> = None;
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        let sc = evaluate(&top(mid))?;
+        evaluations += 1;
+        if sc.meets(t) {
+            hi = mid;
+            at_hi = Some(sc);
+        } else {
+            lo = mid;
+        }
+    }
+    let score = match at_hi {
+        Some(sc) => sc,
+        None => {
+            evaluations += 1;
+            evaluate(&top(hi))?
+        }
+    };
+    let mut found = Found {
+        kept: top(hi),
+        score,
+        met: score.meets(t),
+        evaluations,
+    };
+    if found.met {
+        give_back(units, t, &mut found, &mut evaluate)?;
+    }
+    Ok(found)
+}
+
+/// The give-back rounds of [`search`].
+fn give_back(
+    units: &[Unit],
+    t: &Thresholds,
+    found: &mut Found,
+    evaluate: &mut impl FnMut(&BTreeSet<usize>) -> Result<Score, PassError>,
+) -> Result<(), PassError> {
+    let cost = |i: usize| units[i].cost.unwrap_or(0);
+    let total: u64 = units.iter().filter_map(|u| u.cost).sum();
+    let mut big: Vec<usize> = found
+        .kept
+        .iter()
+        .copied()
+        .filter(|&i| cost(i) * 100 >= total.max(1))
+        .collect();
+    // Biggest first; ties by label.
+    big.sort_by(|&a, &b| {
+        units[b]
+            .cost
+            .cmp(&units[a].cost)
+            .then(units[a].label.cmp(&units[b].label))
+    });
+    big.truncate(GIVE_BACK_TRIES);
+    for _ in 0..GIVE_BACK_ROUNDS {
+        let tried = big.len();
+        let mut failed = Vec::new();
+        for i in big {
+            let mut fewer = found.kept.clone();
+            fewer.remove(&i);
+            let sc = evaluate(&fewer)?;
+            found.evaluations += 1;
+            if sc.meets(t) {
+                found.kept = fewer;
+                found.score = sc;
+            } else {
+                failed.push(i);
+            }
+        }
+        big = failed;
+        if big.is_empty() || big.len() == tried {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// `kept` and the next `step` ranked units of `0..units` it lacks: the next
+/// set to try when an acceptance of `kept` failed. Equal to `kept` when
+/// every unit is kept already.
+pub fn widen(units: usize, kept: &BTreeSet<usize>, step: usize) -> BTreeSet<usize> {
+    let mut out = kept.clone();
+    out.extend((0..units).filter(|i| !kept.contains(i)).take(step.max(1)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(db: f64) -> Score {
+        Score {
+            sqnr_db: db,
+            sqnr_db_low: db,
+            cosine: 1.0,
+            top1: None,
+            samples: 1,
+        }
+    }
+
+    #[test]
+    fn the_sqnr_lower_bound_widens_with_the_spread_of_per_sample_noise() {
+        // Equal noise on every sample: the bound is the pooled SQNR.
+        let even = lower_bound_db(100.0, &[1.0; 4]);
+        assert!((even - 10.0 * (100.0f64 / 4.0).log10()).abs() < 1e-12);
+        // Same total noise, all on one sample: lower.
+        assert!(lower_bound_db(100.0, &[4.0, 0.0, 0.0, 0.0]) < even - 1.0);
+        assert_eq!(lower_bound_db(1.0, &[0.0, 0.0]), f64::INFINITY);
+    }
+
+    #[test]
+    fn scores_pool_every_sample_as_validate_does() {
+        let a = |v: &[f32]| vec![Array::from_f32(vec![1, 2], v)];
+        let reference = vec![a(&[1.0, 0.0]), a(&[0.0, 3.0])];
+        let got = vec![a(&[1.0, 0.1]), a(&[0.0, 2.0])];
+        let s = score(&reference, &got);
+        // Σa² = 10, Σ(a−b)² = 1.01: pooled, not the mean of per-sample SQNRs.
+        assert!((s.sqnr_db - 10.0 * (10.0f64 / 1.01).log10()).abs() < 1e-5);
+        assert!(s.sqnr_db_low < s.sqnr_db);
+        assert_eq!((s.samples, s.top1), (2, Some(1.0)));
+    }
+
+    #[test]
+    fn search_keeps_the_cheapest_prefix_then_gives_back_big_units() {
+        // Units 0..4 in rank order; the variant meets 30 dB when units 0 and
+        // 1 are kept, or when unit 0 alone is kept with unit 1's cost small.
+        let costs: Vec<Unit> = [10, 1000, 5, 5]
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| Unit {
+                label: format!("n{i}"),
+                cost: Some(c),
+            })
+            .collect();
+        let t = Thresholds {
+            min_sqnr_db: Some(30.0),
+            ..Thresholds::default()
+        };
+        let mut seen = Vec::new();
+        let found = search(&costs, &t, None, |kept| {
+            seen.push(kept.clone());
+            Ok(at(if kept.contains(&0) && kept.contains(&2) {
+                35.0
+            } else if kept.contains(&0) && kept.contains(&1) {
+                31.0
+            } else {
+                20.0
+            }))
+        })
+        .unwrap();
+        // Bisection finds {0, 1}; giving back unit 1 (the biggest) fails.
+        assert_eq!(found.kept, BTreeSet::from([0, 1]));
+        assert!(found.met && found.score.sqnr_db == 31.0);
+        assert_eq!(found.evaluations, seen.len());
+        // Nothing meets: every unit kept, not met.
+        let none = search(&costs, &t, Some(at(10.0)), |_| Ok(at(10.0))).unwrap();
+        assert!(!none.met && none.kept.len() == 4);
+        assert_eq!(widen(4, &BTreeSet::from([1]), 2), BTreeSet::from([0, 1, 2]));
+        assert_eq!(widen(2, &BTreeSet::from([0, 1]), 2), BTreeSet::from([0, 1]));
+    }
+
+    #[test]
+    fn thresholds_are_checked_with_their_yaml_path() {
+        assert_eq!(
+            Thresholds::default().check("target").unwrap_err().field,
+            "target"
+        );
+        let bad = Thresholds {
+            min_cosine: Some(2.0),
+            ..Thresholds::default()
+        };
+        assert_eq!(bad.check("target").unwrap_err().field, "target.min_cosine");
+    }
+}
