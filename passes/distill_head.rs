@@ -96,7 +96,7 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::quantize::NodeMatch;
+use super::select::{check_patterns, Matchers, NodeMatch};
 use super::{
     parse_config, Config, ConfigError, Pass, PassContext, PassError, PassInfo, PassReport,
 };
@@ -320,30 +320,14 @@ impl Config for DistillHead {
                 ));
             }
         }
-        for (which, list) in [
-            ("include", &self.trainable.include),
-            ("exclude", &self.trainable.exclude),
-        ] {
-            for (i, m) in list.iter().enumerate() {
-                if let NodeMatch::Regex(r) = m {
-                    regex::Regex::new(&r.regex).map_err(|e| {
-                        err(
-                            &format!("trainable.{which}[{i}].regex"),
-                            e.to_string().lines().last().unwrap_or("").to_string(),
-                        )
-                    })?;
-                }
-            }
-        }
+        check_patterns(&self.trainable.include, "trainable.include")?;
+        check_patterns(&self.trainable.exclude, "trainable.exclude")?;
         Ok(())
     }
 }
 
 fn matches(list: &[NodeMatch], name: &str) -> bool {
-    list.iter().any(|m| match m {
-        NodeMatch::Name(n) => n == name,
-        NodeMatch::Regex(r) => regex::Regex::new(&r.regex).is_ok_and(|re| re.is_match(name)),
-    })
+    Matchers::new(list).any(name)
 }
 
 /// The teacher model, loaded or taken from the pipeline's input.

@@ -816,7 +816,7 @@ fn the_target_reports_what_validate_measures_when_later_samples_are_harder() {
     let mut shape = x.shape.clone();
     shape[0] *= 3;
     let data = tmp.path().join("easy_then_hard.npz");
-    write_npz(&data, &[(name.clone(), Array::from_f32(shape, &values))]);
+    common::write_npz(&data, &[(name.clone(), Array::from_f32(shape, &values))]);
 
     for (stem, options, held) in [
         (
@@ -853,7 +853,7 @@ fn the_target_reports_what_validate_measures_when_later_samples_are_harder() {
             let n: usize = x.shape[1..].iter().product();
             let mut shape = x.shape.clone();
             shape[0] = 9;
-            write_npz(
+            common::write_npz(
                 &part,
                 &[(name.clone(), Array::from_f32(shape, &values[..9 * n]))],
             );
