@@ -29,7 +29,8 @@
 //! input columns), summed over the group's members. How much: `ratio` (each
 //! group), or a global `target: { macs | params }` (channels ranked across
 //! groups by importance over the group's mean, the least important removed
-//! until the model's MACs — counted as `whittle inspect` counts them — or its
+//! until the model's MACs — `inspect::node_macs` per Conv/ConvTranspose/Gemm/MatMul on the
+//! shapes tract proves, activation×activation MatMuls included — or its
 //! float weights fall to the fraction). `min_channels` and `round_to` bound
 //! what each group keeps.
 //!
