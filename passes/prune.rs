@@ -51,7 +51,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::quantize::NodeMatch;
-use super::{parse_config, Config, ConfigError, Pass, PassContext, PassError, PassInfo, PassReport};
+use super::{
+    parse_config, Config, ConfigError, Pass, PassContext, PassError, PassInfo, PassReport,
+};
 use crate::ir::Model;
 
 mod channel;
@@ -284,10 +286,17 @@ impl Config for Prune {
             fraction_in("ratio", r, true)?;
         }
         if self.ratio.is_some() && self.target.is_some() {
-            return Err(err("target", "`ratio` and `target` are exclusive; give one"));
+            return Err(err(
+                "target",
+                "`ratio` and `target` are exclusive; give one",
+            ));
         }
         if let Some(t) = &self.target {
-            let given = [t.macs.is_some(), t.params.is_some(), t.min_sqnr_db.is_some()];
+            let given = [
+                t.macs.is_some(),
+                t.params.is_some(),
+                t.min_sqnr_db.is_some(),
+            ];
             if given.iter().filter(|g| **g).count() != 1 {
                 return Err(err(
                     "target",

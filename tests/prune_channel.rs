@@ -11,11 +11,7 @@ use std::path::Path;
 
 fn write_pipeline(dir: &Path, name: &str, options: &str) -> std::path::PathBuf {
     let p = dir.join(format!("{name}.yaml"));
-    std::fs::write(
-        &p,
-        format!("version: 1\npasses:\n  - prune:\n{options}\n"),
-    )
-    .unwrap();
+    std::fs::write(&p, format!("version: 1\npasses:\n  - prune:\n{options}\n")).unwrap();
     p
 }
 
@@ -68,7 +64,14 @@ fn fixtures_pruned_to_a_macs_target_run_in_tract_and_onnxruntime() {
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(x.shape, y.shape, "{name}");
         }
-        writeln!(list, "{}\t{}\t{}", input.display(), out.display(), data.display()).unwrap();
+        writeln!(
+            list,
+            "{}\t{}\t{}",
+            input.display(),
+            out.display(),
+            data.display()
+        )
+        .unwrap();
     }
     let file = tmp.path().join("list.txt");
     std::fs::write(&file, &list).unwrap();
@@ -99,7 +102,11 @@ fn same_bytes_on_one_and_two_threads() {
         let (a, b) = (tmp.path().join("a.onnx"), tmp.path().join("b.onnx"));
         assert!(run(&pipeline, &input, &a, "1").0);
         assert!(run(&pipeline, &input, &b, "2").0);
-        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "{name}");
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            std::fs::read(&b).unwrap(),
+            "{name}"
+        );
     }
 }
 
@@ -109,11 +116,20 @@ fn bad_options_fail_naming_the_yaml_path() {
     let input = common::fixture("resnet_tiny.onnx");
     for (options, want) in [
         ("      ratio: 1.0", "ratio: must be in [0, 1)"),
-        ("      target: { macs: 0 }", "target.macs: must be in (0, 1]"),
+        (
+            "      target: { macs: 0 }",
+            "target.macs: must be in (0, 1]",
+        ),
         ("      importance: l3", "did you mean `l1`"),
         ("      ratio: 0.5\n      target: { macs: 0.5 }", "exclusive"),
-        ("      ratio: 0.5\n      pattern: \"2:4\"", "`pattern` applies to granularity"),
-        ("      exclude_nodes: [nope]", "exclude_nodes[0]: no node is named \"nope\""),
+        (
+            "      ratio: 0.5\n      pattern: \"2:4\"",
+            "`pattern` applies to granularity",
+        ),
+        (
+            "      exclude_nodes: [nope]",
+            "exclude_nodes[0]: no node is named \"nope\"",
+        ),
     ] {
         let p = write_pipeline(tmp.path(), "bad", options);
         let out = tmp.path().join("bad.onnx");

@@ -56,9 +56,10 @@ pub fn shapes(model: &Model, ctx: &PassContext) -> Result<Shapes, PassError> {
         .map_err(|e| PassError::Model(format!("shapes of the model: {e}")))?;
     let mut ins: Vec<Vec<usize>> = Vec::new();
     for spec in runner.inputs() {
-        let dims = spec.shape.clone().ok_or_else(|| {
-            PassError::Model(format!("input {:?} has no known rank", spec.name))
-        })?;
+        let dims = spec
+            .shape
+            .clone()
+            .ok_or_else(|| PassError::Model(format!("input {:?} has no known rank", spec.name)))?;
         ins.push(
             dims.iter()
                 .map(|d| match d {
@@ -112,9 +113,12 @@ fn check_names(cfg: &Prune, g: &Graph, report: &mut PassReport) -> Result<(), Pa
                 NodeMatch::Name(n) if !names.contains(&n.as_str()) => {
                     return Err(missing(format!("{field}[{i}]"), n))
                 }
-                NodeMatch::Regex(r) if !names.iter().any(|n| matches(m, n)) => report
-                    .warnings
-                    .push(format!("{field}[{i}]: regex {:?} matches no node name", r.regex)),
+                NodeMatch::Regex(r) if !names.iter().any(|n| matches(m, n)) => {
+                    report.warnings.push(format!(
+                        "{field}[{i}]: regex {:?} matches no node name",
+                        r.regex
+                    ))
+                }
                 _ => {}
             }
         }
@@ -169,7 +173,13 @@ fn slice_norms(t: &Tensor, axis: usize, l1: bool) -> Option<Vec<f64>> {
 
 /// Each channel's importance: the norm of its slices of every compute
 /// weight (producer rows, consumer columns), summed over the group.
-fn importance(g: &Graph, a: &Analysis, group: &Group, shapes: &Shapes, imp: Importance) -> Vec<f64> {
+fn importance(
+    g: &Graph,
+    a: &Analysis,
+    group: &Group,
+    shapes: &Shapes,
+    imp: Importance,
+) -> Vec<f64> {
     let l1 = imp == Importance::L1;
     let mut per_dim: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     for &d in &group.dims {
@@ -180,9 +190,10 @@ fn importance(g: &Graph, a: &Analysis, group: &Group, shapes: &Shapes, imp: Impo
         if t.dtype() != DataType::Float {
             continue;
         }
-        let is_weight = g.uses(&dim.tensor).iter().any(|u| {
-            groups::weight_role(g, g.node(u.node), u.slot, dim.axis, shapes).is_some()
-        });
+        let is_weight = g
+            .uses(&dim.tensor)
+            .iter()
+            .any(|u| groups::weight_role(g, g.node(u.node), u.slot, dim.axis, shapes).is_some());
         if is_weight {
             if let Some(n) = slice_norms(t, dim.axis, l1) {
                 per_dim.insert(d, n);
@@ -290,7 +301,12 @@ fn cost(g: &Graph, plan: &Plan, removed: &[Vec<usize>]) -> (u64, u64) {
 }
 
 /// Builds the plan: analysis, fates, and the channels removed.
-pub fn plan(cfg: &Prune, model: &Model, ctx: &PassContext, report: &mut PassReport) -> Result<Plan, PassError> {
+pub fn plan(
+    cfg: &Prune,
+    model: &Model,
+    ctx: &PassContext,
+    report: &mut PassReport,
+) -> Result<Plan, PassError> {
     let g = &model.graph;
     check_names(cfg, g, report)?;
     let shapes = shapes(model, ctx)?;
@@ -385,7 +401,11 @@ pub fn plan(cfg: &Prune, model: &Model, ctx: &PassContext, report: &mut PassRepo
                 .map(|f| match f {
                     Fate::Prunable(s) => {
                         let mean = s.iter().sum::<f64>() / s.len().max(1) as f64;
-                        Some(s.iter().map(|x| if mean > 0.0 { x / mean } else { 0.0 }).collect())
+                        Some(
+                            s.iter()
+                                .map(|x| if mean > 0.0 { x / mean } else { 0.0 })
+                                .collect(),
+                        )
                     }
                     Fate::Whole(_) => None,
                 })
@@ -486,7 +506,10 @@ pub fn apply(model: &mut Model, plan: &Plan) -> Result<usize, PassError> {
     for (d, idx) in &gone {
         let dim = &a.dims[*d];
         if g.initializer(&dim.tensor).is_some() {
-            per_tensor.entry(dim.tensor.clone()).or_default().push((dim.axis, idx));
+            per_tensor
+                .entry(dim.tensor.clone())
+                .or_default()
+                .push((dim.axis, idx));
         }
     }
     for (name, cuts) in per_tensor {
@@ -512,7 +535,9 @@ pub fn apply(model: &mut Model, plan: &Plan) -> Result<usize, PassError> {
         }
         match n.op_type() {
             "Conv" if n.attr_int("group").unwrap_or(1) > 1 => {
-                let cin = shape(&n.inputs[0]).and_then(|s| s.get(1).copied()).unwrap_or(0);
+                let cin = shape(&n.inputs[0])
+                    .and_then(|s| s.get(1).copied())
+                    .unwrap_or(0);
                 g.update_node(id, |n| n.set_attr(Attribute::int("group", cin)));
             }
             "Split" => {
@@ -567,7 +592,10 @@ pub fn apply(model: &mut Model, plan: &Plan) -> Result<usize, PassError> {
     for vi in g.value_info.iter_mut() {
         let name = vi.name().to_string();
         if let Some(ty) = vi.ty.as_mut() {
-            if let crate::ir::TypeKind::Tensor { shape: Some(dims), .. } = &mut ty.kind {
+            if let crate::ir::TypeKind::Tensor {
+                shape: Some(dims), ..
+            } = &mut ty.kind
+            {
                 for (ax, dim) in dims.iter_mut().enumerate() {
                     if let (Some(d), DimValue::Known(k)) = (a.dim(&name, ax), &mut dim.value) {
                         *k -= counts[d] as i64;
@@ -595,13 +623,21 @@ fn remove_unused_initializers(g: &mut Graph) {
 
 fn int_tensor(name: &str, v: &[i64]) -> Tensor {
     let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    Tensor::from_raw(name, DataType::Int64, vec![v.len() as i64], Bytes::from(raw))
+    Tensor::from_raw(
+        name,
+        DataType::Int64,
+        vec![v.len() as i64],
+        Bytes::from(raw),
+    )
 }
 
 /// `t` without the indices `gone` of `axis`.
 fn slice(t: &Tensor, axis: usize, gone: &BTreeSet<usize>) -> Result<Tensor, PassError> {
     let bad = |why: &str| PassError::Model(format!("initializer {:?}: {why}", t.name()));
-    let bits = t.dtype().bits().ok_or_else(|| bad("unknown element size"))?;
+    let bits = t
+        .dtype()
+        .bits()
+        .ok_or_else(|| bad("unknown element size"))?;
     if bits % 8 != 0 {
         return Err(bad("sub-byte elements cannot be sliced"));
     }
@@ -663,7 +699,12 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
         let members: Vec<String> = grp
             .dims
             .iter()
-            .map(|&d| format!("{}[{}]", plan.analysis.dims[d].tensor, plan.analysis.dims[d].axis))
+            .map(|&d| {
+                format!(
+                    "{}[{}]",
+                    plan.analysis.dims[d].tensor, plan.analysis.dims[d].axis
+                )
+            })
             .collect();
         let mut detail = serde_json::json!({
             "group": group_name(grp),
@@ -677,7 +718,12 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
             Fate::Whole(why) => {
                 report.count("groups_whole", 1);
                 detail["left_whole"] = serde_json::json!(why);
-                rows.push(format!("  {:<28} {:>5} → {:<5} whole: {why}", group_name(grp), n, n));
+                rows.push(format!(
+                    "  {:<28} {:>5} → {:<5} whole: {why}",
+                    group_name(grp),
+                    n,
+                    n
+                ));
             }
             Fate::Prunable(scores) => {
                 prunable_nodes.extend(grp.producers.iter().chain(&grp.consumers).cloned());
@@ -689,10 +735,18 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
                     .filter(|i| plan.removed[gi].binary_search(i).is_err())
                     .map(|i| scores[i])
                     .fold(f64::INFINITY, f64::min);
-                let gone_max = plan.removed[gi].iter().map(|&i| scores[i]).fold(0.0, f64::max);
+                let gone_max = plan.removed[gi]
+                    .iter()
+                    .map(|&i| scores[i])
+                    .fold(0.0, f64::max);
                 detail["importance_kept_min"] = serde_json::json!(round6(kept_min));
                 detail["importance_removed_max"] = serde_json::json!(round6(gone_max));
-                rows.push(format!("  {:<28} {:>5} → {:<5}", group_name(grp), n, n - removed));
+                rows.push(format!(
+                    "  {:<28} {:>5} → {:<5}",
+                    group_name(grp),
+                    n,
+                    n - removed
+                ));
             }
         }
         report.count("groups", 1);
@@ -719,8 +773,15 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
     report.count("weight_bytes_after", bytes(&after));
     report.count("macs_before", macs0 as i64);
     report.count("macs_after", macs1 as i64);
-    let share = if macs0 > 0 { prunable_macs as f64 / macs0 as f64 } else { 0.0 };
-    report.count("macs_in_prunable_groups_permille", (share * 1000.0).round() as i64);
+    let share = if macs0 > 0 {
+        prunable_macs as f64 / macs0 as f64
+    } else {
+        0.0
+    };
+    report.count(
+        "macs_in_prunable_groups_permille",
+        (share * 1000.0).round() as i64,
+    );
     let ratio = |a: i64, b: i64| if b > 0 { a as f64 / b as f64 } else { 1.0 };
     let mut summary = format!(
         "groups: {} ({} pruned, {} left whole); MACs {} → {} ({:.3}); params {} → {} ({:.3}); {:.1}% of MACs in prunable groups\n",
@@ -764,13 +825,17 @@ pub(crate) mod tests {
         pub fn new(x: &[i64]) -> B {
             let mut g = Graph::new("g");
             let dims = x.iter().map(|&d| crate::ir::Dim::known(d)).collect();
-            g.inputs.push(ValueInfo::new("x", TypeInfo::tensor(DataType::Float, dims)));
+            g.inputs
+                .push(ValueInfo::new("x", TypeInfo::tensor(DataType::Float, dims)));
             B { g, seed: 7 }
         }
         fn rand(&mut self, n: usize) -> Vec<f32> {
             (0..n)
                 .map(|_| {
-                    self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    self.seed = self
+                        .seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     ((self.seed >> 33) as f64 / (1u64 << 31) as f64 - 0.5) as f32
                 })
                 .collect()
@@ -778,14 +843,21 @@ pub(crate) mod tests {
         pub fn weight(&mut self, name: &str, dims: &[i64]) -> String {
             let n = dims.iter().product::<i64>() as usize;
             let v = self.rand(n);
-            self.g.add_initializer(Tensor::from_f32(name, dims.to_vec(), &v));
+            self.g
+                .add_initializer(Tensor::from_f32(name, dims.to_vec(), &v));
             name.to_string()
         }
         pub fn ints(&mut self, name: &str, v: &[i64]) -> String {
             self.g.add_initializer(int_tensor(name, v));
             name.to_string()
         }
-        pub fn node(&mut self, op: &str, name: &str, inputs: &[&str], attrs: Vec<Attribute>) -> String {
+        pub fn node(
+            &mut self,
+            op: &str,
+            name: &str,
+            inputs: &[&str],
+            attrs: Vec<Attribute>,
+        ) -> String {
             let out = format!("{name}_out");
             let mut n = Node::with_io(op, name, inputs, &[out.as_str()]);
             n.attributes = attrs;
@@ -796,10 +868,17 @@ pub(crate) mod tests {
             let w = self.weight(&format!("{name}.w"), &[cout, cin, k, k]);
             let b = self.weight(&format!("{name}.b"), &[cout]);
             let p = k / 2;
-            self.node("Conv", name, &[x, &w, &b], vec![Attribute::ints("pads", vec![p, p, p, p])])
+            self.node(
+                "Conv",
+                name,
+                &[x, &w, &b],
+                vec![Attribute::ints("pads", vec![p, p, p, p])],
+            )
         }
         pub fn finish(mut self, y: &str) -> Model {
-            self.g.outputs.push(ValueInfo::new(y, TypeInfo::tensor(DataType::Float, vec![])));
+            self.g
+                .outputs
+                .push(ValueInfo::new(y, TypeInfo::tensor(DataType::Float, vec![])));
             Model::new(self.g, 17)
         }
     }
@@ -823,7 +902,9 @@ pub(crate) mod tests {
             .map(|d| d.as_known().unwrap() as usize)
             .collect();
         let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
         crate::data::Array::from_f32(shape, &v)
     }
 
@@ -849,7 +930,8 @@ pub(crate) mod tests {
         let mut v = w.to_f32().unwrap();
         let per = v.len() / w.dims[0] as usize;
         v[c * per..(c + 1) * per].iter_mut().for_each(|x| *x = 0.0);
-        m.graph.replace_initializer(Tensor::from_f32(t, w.dims.clone(), &v));
+        m.graph
+            .replace_initializer(Tensor::from_f32(t, w.dims.clone(), &v));
     }
 
     /// conv1 → BN → Relu → conv2 (→ output): conv1's filters are one group.
@@ -865,7 +947,12 @@ pub(crate) mod tests {
         let mut vv = b.g.initializer(&var).unwrap().to_f32().unwrap();
         vv.iter_mut().for_each(|v| *v = v.abs() + 0.5);
         b.g.replace_initializer(Tensor::from_f32(&var, vec![8], &vv));
-        let bn = b.node("BatchNormalization", "bn", &[&c1, &s, &bb, &mu, &var], vec![]);
+        let bn = b.node(
+            "BatchNormalization",
+            "bn",
+            &[&c1, &s, &bb, &mu, &var],
+            vec![],
+        );
         let r = b.node("Relu", "relu", &[&bn], vec![]);
         let y = b.conv("conv2", &r, 8, 4, 3);
         b.finish(&y)
@@ -882,7 +969,9 @@ pub(crate) mod tests {
         assert_eq!(rep.counters["groups_pruned"], 1);
         assert_eq!(rep.counters["channels_removed"], 4);
         // conv2's outputs reach the graph output: left whole, with the reason.
-        assert!(rep.details.iter().any(|d| d["left_whole"].as_str().is_some_and(|w| w.contains("graph output"))));
+        assert!(rep.details.iter().any(|d| d["left_whole"]
+            .as_str()
+            .is_some_and(|w| w.contains("graph output"))));
         assert!(rep.counters["macs_after"] < rep.counters["macs_before"]);
     }
 
@@ -933,7 +1022,12 @@ pub(crate) mod tests {
         split.set_attr(Attribute::int("axis", 1));
         b.g.add_node(split);
         let m1 = b.conv("m1", "s1", 4, 4, 3);
-        let cat = b.node("Concat", "cat", &["s0", "s1", &m1], vec![Attribute::int("axis", 1)]);
+        let cat = b.node(
+            "Concat",
+            "cat",
+            &["s0", "s1", &m1],
+            vec![Attribute::int("axis", 1)],
+        );
         let y = b.conv("cv2", &cat, 12, 2, 1);
         let m = b.finish(&y);
         let (out, rep) = prune(&m, serde_json::json!({"ratio": 0.5}));
@@ -942,7 +1036,13 @@ pub(crate) mod tests {
         assert_eq!(dims(&out, "m1.w"), [2, 2, 3, 3]);
         assert_eq!(dims(&out, "cv2.w"), [2, 6, 1, 1]);
         assert_eq!(rep.counters["groups_pruned"], 3);
-        let split = out.graph.nodes().find(|(_, n)| n.op_type() == "Split").unwrap().1.clone();
+        let split = out
+            .graph
+            .nodes()
+            .find(|(_, n)| n.op_type() == "Split")
+            .unwrap()
+            .1
+            .clone();
         assert_eq!(const_ints(&out.graph, &split.inputs[1]).unwrap(), [2, 2]);
     }
 
@@ -951,14 +1051,28 @@ pub(crate) mod tests {
         let mut b = B::new(&[1, 3, 6, 6]);
         let c0 = b.conv("pw", "x", 3, 8, 1);
         let w = b.weight("dw.w", &[8, 1, 3, 3]);
-        let dw = b.node("Conv", "dw", &[&c0, &w], vec![Attribute::int("group", 8), Attribute::ints("pads", vec![1, 1, 1, 1])]);
+        let dw = b.node(
+            "Conv",
+            "dw",
+            &[&c0, &w],
+            vec![
+                Attribute::int("group", 8),
+                Attribute::ints("pads", vec![1, 1, 1, 1]),
+            ],
+        );
         let s = b.node("Sigmoid", "sig", &[&dw], vec![]);
         let silu = b.node("Mul", "silu", &[&dw, &s], vec![]);
         let y = b.conv("out", &silu, 8, 2, 1);
         let m = b.finish(&y);
         let (out, _) = prune(&m, serde_json::json!({"ratio": 0.5}));
         assert_eq!(dims(&out, "dw.w"), [4, 1, 3, 3]);
-        let dw = out.graph.nodes().find(|(_, n)| n.name() == "dw").unwrap().1.clone();
+        let dw = out
+            .graph
+            .nodes()
+            .find(|(_, n)| n.name() == "dw")
+            .unwrap()
+            .1
+            .clone();
         assert_eq!(dw.attr_int("group"), Some(4));
     }
 
@@ -977,7 +1091,12 @@ pub(crate) mod tests {
         let fl = b.node("Flatten", "flat", &[&gap2], vec![]);
         let w = b.weight("fc.w", &[5, 8]);
         let bias = b.weight("fc.b", &[5]);
-        let y = b.node("Gemm", "fc", &[&fl, &w, &bias], vec![Attribute::int("transB", 1)]);
+        let y = b.node(
+            "Gemm",
+            "fc",
+            &[&fl, &w, &bias],
+            vec![Attribute::int("transB", 1)],
+        );
         let m = b.finish(&y);
         let (out, _) = prune(&m, serde_json::json!({"ratio": 0.5}));
         assert_eq!(dims(&out, "c0.w"), [4, 3, 3, 3]);
@@ -1004,7 +1123,12 @@ pub(crate) mod tests {
         let hd = d / h;
         let mut b = B::new(&[1, s, d]);
         let (lg, lb) = (b.weight("ln.g", &[d]), b.weight("ln.b", &[d]));
-        let ln = b.node("LayerNormalization", "ln", &["x", &lg, &lb], vec![Attribute::int("axis", -1)]);
+        let ln = b.node(
+            "LayerNormalization",
+            "ln",
+            &["x", &lg, &lb],
+            vec![Attribute::int("axis", -1)],
+        );
         let mut heads = Vec::new();
         for p in ["q", "k", "v"] {
             let w = b.weight(&format!("{p}.w"), &[d, d]);
@@ -1013,13 +1137,32 @@ pub(crate) mod tests {
             let add = b.node("Add", &format!("{p}.add"), &[&mm, &bias], vec![]);
             let shape = b.ints(&format!("{p}.shape"), &[1, s, h, hd]);
             let r = b.node("Reshape", &format!("{p}.reshape"), &[&add, &shape], vec![]);
-            let perm = if p == "k" { vec![0, 2, 3, 1] } else { vec![0, 2, 1, 3] };
-            heads.push(b.node("Transpose", &format!("{p}.t"), &[&r], vec![Attribute::ints("perm", perm)]));
+            let perm = if p == "k" {
+                vec![0, 2, 3, 1]
+            } else {
+                vec![0, 2, 1, 3]
+            };
+            heads.push(b.node(
+                "Transpose",
+                &format!("{p}.t"),
+                &[&r],
+                vec![Attribute::ints("perm", perm)],
+            ));
         }
         let qk = b.node("MatMul", "qk", &[&heads[0], &heads[1]], vec![]);
-        let sm = b.node("Softmax", "softmax", &[&qk], vec![Attribute::int("axis", -1)]);
+        let sm = b.node(
+            "Softmax",
+            "softmax",
+            &[&qk],
+            vec![Attribute::int("axis", -1)],
+        );
         let av = b.node("MatMul", "av", &[&sm, &heads[2]], vec![]);
-        let t = b.node("Transpose", "o.t", &[&av], vec![Attribute::ints("perm", vec![0, 2, 1, 3])]);
+        let t = b.node(
+            "Transpose",
+            "o.t",
+            &[&av],
+            vec![Attribute::ints("perm", vec![0, 2, 1, 3])],
+        );
         let shape = b.ints("o.shape", &[1, s, d]);
         let r = b.node("Reshape", "o.reshape", &[&t, &shape], vec![]);
         let wo = b.weight("o.w", &[d, d]);
@@ -1056,14 +1199,19 @@ pub(crate) mod tests {
         assert!(shapes.contains(&vec![1, 5, 2, 4]), "{shapes:?}");
         assert!(shapes.contains(&vec![1, 5, 8]), "{shapes:?}");
         // The residual stream reaches the graph input and output: whole.
-        assert!(rep.details.iter().any(|d| d["left_whole"].as_str().is_some_and(|w| w.contains("graph"))));
+        assert!(rep.details.iter().any(|d| d["left_whole"]
+            .as_str()
+            .is_some_and(|w| w.contains("graph"))));
     }
 
     #[test]
     fn a_macs_target_is_met_across_groups() {
         let m = chain();
         let (_, rep) = prune(&m, serde_json::json!({"target": {"macs": 0.6}}));
-        let (a, b) = (rep.counters["macs_after"] as f64, rep.counters["macs_before"] as f64);
+        let (a, b) = (
+            rep.counters["macs_after"] as f64,
+            rep.counters["macs_before"] as f64,
+        );
         assert!(a <= 0.6 * b, "{a} {b}");
         // Not much further than needed.
         assert!(a > 0.4 * b, "{a} {b}");
@@ -1073,7 +1221,13 @@ pub(crate) mod tests {
     fn unreachable_targets_say_how_close_and_why() {
         let m = chain();
         let (_, rep) = prune(&m, serde_json::json!({"target": {"macs": 0.01}}));
-        assert!(rep.warnings.iter().any(|w| w.contains("cannot be reached") && w.contains("graph output")), "{:?}", rep.warnings);
+        assert!(
+            rep.warnings
+                .iter()
+                .any(|w| w.contains("cannot be reached") && w.contains("graph output")),
+            "{:?}",
+            rep.warnings
+        );
     }
 
     #[test]
@@ -1083,10 +1237,18 @@ pub(crate) mod tests {
         assert_eq!(dims(&out, "conv1.w")[0], 3);
         let (out, _) = prune(&m, serde_json::json!({"ratio": 0.5, "round_to": 3}));
         assert_eq!(dims(&out, "conv1.w")[0], 6);
-        let (out, rep) = prune(&m, serde_json::json!({"ratio": 0.5, "exclude_nodes": ["conv2"]}));
+        let (out, rep) = prune(
+            &m,
+            serde_json::json!({"ratio": 0.5, "exclude_nodes": ["conv2"]}),
+        );
         assert_eq!(dims(&out, "conv1.w")[0], 8);
-        assert!(rep.details.iter().any(|d| d["left_whole"].as_str().is_some_and(|w| w.contains("exclude_nodes[0]"))));
-        let (out, _) = prune(&m, serde_json::json!({"ratio": 0.5, "overrides": {"conv1": {"ratio": 0.25}}}));
+        assert!(rep.details.iter().any(|d| d["left_whole"]
+            .as_str()
+            .is_some_and(|w| w.contains("exclude_nodes[0]"))));
+        let (out, _) = prune(
+            &m,
+            serde_json::json!({"ratio": 0.5, "overrides": {"conv1": {"ratio": 0.25}}}),
+        );
         assert_eq!(dims(&out, "conv1.w")[0], 6);
         let (out, _) = prune(&m, serde_json::json!({"ratio": 0.5, "importance": "l2"}));
         assert_eq!(dims(&out, "conv1.w")[0], 4);
@@ -1101,7 +1263,13 @@ pub(crate) mod tests {
         let m = b.finish(&y);
         let (out, rep) = prune(&m, serde_json::json!({"ratio": 0.5}));
         assert_eq!(dims(&out, "c0.w")[0], 8);
-        assert!(rep.details.iter().any(|d| d["left_whole"].as_str().is_some_and(|w| w.contains("LRN has no pruning rule"))), "{:?}", rep.details);
+        assert!(
+            rep.details.iter().any(|d| d["left_whole"]
+                .as_str()
+                .is_some_and(|w| w.contains("LRN has no pruning rule"))),
+            "{:?}",
+            rep.details
+        );
     }
 
     #[test]
@@ -1110,7 +1278,10 @@ pub(crate) mod tests {
         let mut a = m.clone();
         let mut b = m.clone();
         let c = cfg(serde_json::json!({"target": {"params": 0.7}}));
-        let ctx = |t| PassContext { threads: Some(t), ..Default::default() };
+        let ctx = |t| PassContext {
+            threads: Some(t),
+            ..Default::default()
+        };
         run(&c, &mut a, &ctx(1)).unwrap();
         run(&c, &mut b, &ctx(2)).unwrap();
         assert_eq!(crate::onnx::encode(&a), crate::onnx::encode(&b));
@@ -1120,14 +1291,30 @@ pub(crate) mod tests {
     fn bad_options_name_their_yaml_path() {
         let e = |v: serde_json::Value| crate::passes::parse_config::<Prune>(&v).unwrap_err();
         let r = e(serde_json::json!({"ratio": 1.0}));
-        assert_eq!((r.field.as_str(), r.message.as_str()), ("ratio", "must be in [0, 1)"));
-        assert_eq!(e(serde_json::json!({"target": {"macs": 0.0}})).field, "target.macs");
+        assert_eq!(
+            (r.field.as_str(), r.message.as_str()),
+            ("ratio", "must be in [0, 1)")
+        );
+        assert_eq!(
+            e(serde_json::json!({"target": {"macs": 0.0}})).field,
+            "target.macs"
+        );
         let r = e(serde_json::json!({"importance": "l3"}));
         assert_eq!(r.field, "importance");
         assert!(r.message.contains("did you mean `l1`"), "{}", r.message);
-        assert_eq!(e(serde_json::json!({"ratio": 0.3, "target": {"macs": 0.5}})).field, "target");
+        assert_eq!(
+            e(serde_json::json!({"ratio": 0.3, "target": {"macs": 0.5}})).field,
+            "target"
+        );
         let r = e(serde_json::json!({"ratio": 0.3, "sparsity": 0.5}));
-        assert!(r.message.contains("applies to granularity"), "{}", r.message);
-        assert_eq!(e(serde_json::json!({"overrides": {"a": {"ratio": 2.0}}})).field, "overrides.a.ratio");
+        assert!(
+            r.message.contains("applies to granularity"),
+            "{}",
+            r.message
+        );
+        assert_eq!(
+            e(serde_json::json!({"overrides": {"a": {"ratio": 2.0}}})).field,
+            "overrides.a.ratio"
+        );
     }
 }

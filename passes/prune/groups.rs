@@ -116,7 +116,11 @@ impl UnionFind {
 
 /// The output channel axis of a compute node with a constant weight, when it is one.
 pub fn source_axis(g: &Graph, n: &Node, shapes: &Shapes) -> Option<usize> {
-    let weight = |slot: usize| n.inputs.get(slot).is_some_and(|w| g.initializer(w).is_some());
+    let weight = |slot: usize| {
+        n.inputs
+            .get(slot)
+            .is_some_and(|w| g.initializer(w).is_some())
+    };
     let out = shapes.get(n.outputs.first()?)?;
     match n.op_type() {
         "Conv" | "ConvTranspose" if weight(1) && out.len() >= 3 => Some(1),
@@ -137,10 +141,10 @@ pub fn analyze(g: &Graph, shapes: &Shapes, sources: &[NodeId]) -> Analysis {
     let mut links: Vec<(usize, usize, Vec<(usize, usize)>)> = Vec::new();
 
     let add_dim = |a: &mut Analysis,
-                       parent: &mut Vec<usize>,
-                       queue: &mut VecDeque<usize>,
-                       tensor: &str,
-                       axis: usize|
+                   parent: &mut Vec<usize>,
+                   queue: &mut VecDeque<usize>,
+                   tensor: &str,
+                   axis: usize|
      -> Option<usize> {
         if let Some(&d) = a.index.get(&(tensor.to_string(), axis)) {
             return Some(d);
@@ -184,7 +188,11 @@ pub fn analyze(g: &Graph, shapes: &Shapes, sources: &[NodeId]) -> Analysis {
                     .or_insert(("graph".into(), format!("reaches graph input {tensor:?}")));
             }
         }
-        touching.extend(g.uses(&tensor).into_iter().map(|u| (u.node, Slot::In(u.slot))));
+        touching.extend(
+            g.uses(&tensor)
+                .into_iter()
+                .map(|u| (u.node, Slot::In(u.slot))),
+        );
         for (id, slot) in touching {
             if !visited.insert((id, d)) {
                 continue;
@@ -225,7 +233,10 @@ pub fn analyze(g: &Graph, shapes: &Shapes, sources: &[NodeId]) -> Analysis {
     let mut by_root: BTreeMap<usize, Vec<(usize, usize)>> = BTreeMap::new();
     for (d, dim) in a.dims.iter().enumerate() {
         for i in 0..dim.size {
-            by_root.entry(uf.find(dim.base + i)).or_default().push((d, i));
+            by_root
+                .entry(uf.find(dim.base + i))
+                .or_default()
+                .push((d, i));
         }
     }
     // Groups: channels by the set of dims they touch.
@@ -382,7 +393,11 @@ pub fn couple(
     axis: usize,
 ) -> Result<Vec<Link>, String> {
     if !n.domain().is_empty() && n.domain() != "ai.onnx" {
-        return Err(format!("op {}:{} has no pruning rule", n.domain(), n.op_type()));
+        return Err(format!(
+            "op {}:{} has no pruning rule",
+            n.domain(),
+            n.op_type()
+        ));
     }
     if n.has_subgraphs() {
         return Err("control flow reads this tensor".into());
@@ -462,7 +477,8 @@ pub fn couple(
             let (w_out, w_in) = if transpose { (1, 0) } else { (0, 1) };
             let cin = size_of(&x, 1)?;
             let cout = size_of(&out0, 1)?;
-            let depthwise = !transpose && group > 1 && group as usize == cin && ws.get(1) == Some(&1);
+            let depthwise =
+                !transpose && group > 1 && group as usize == cin && ws.get(1) == Some(&1);
             if group != 1 && !depthwise {
                 return Err(format!(
                     "grouped {op} (group {group} of {cin} input channels) has no pruning rule"
@@ -505,9 +521,7 @@ pub fn couple(
                     Ok(out_side(b.as_deref()))
                 }
                 Slot::In(1) if axis == w_out => Ok(out_side(Some(w.as_str()))),
-                Slot::In(1) if axis == w_in && !depthwise => {
-                    Ok(vec![link(&x, 1, same(cin))])
-                }
+                Slot::In(1) if axis == w_in && !depthwise => Ok(vec![link(&x, 1, same(cin))]),
                 Slot::In(0) => {
                     is_axis(1)?;
                     if depthwise {
@@ -527,7 +541,10 @@ pub fn couple(
             };
         }
         "Gemm" => {
-            let (ta, tb) = (n.attr_int("transA") == Some(1), n.attr_int("transB") == Some(1));
+            let (ta, tb) = (
+                n.attr_int("transA") == Some(1),
+                n.attr_int("transB") == Some(1),
+            );
             let a = input(0).unwrap_or_default();
             let b = input(1).unwrap_or_default();
             let c = input(2);
@@ -543,12 +560,17 @@ pub fn couple(
                     return Ok(vec![]);
                 };
                 match s.get(ca) {
-                    Some(&d) if d as usize == size && size != 1 => Ok(vec![link(c, ca, same(size))]),
+                    Some(&d) if d as usize == size && size != 1 => {
+                        Ok(vec![link(c, ca, same(size))])
+                    }
                     _ => Ok(vec![]),
                 }
             };
             let n_side = |skip: &str| -> Result<Vec<Link>, String> {
-                let mut l: Vec<Link> = bias(1, nn)?.into_iter().filter(|l| l.tensor != skip).collect();
+                let mut l: Vec<Link> = bias(1, nn)?
+                    .into_iter()
+                    .filter(|l| l.tensor != skip)
+                    .collect();
                 if skip != out0 {
                     l.push(link(&out0, 1, same(nn)));
                 }
@@ -604,7 +626,11 @@ pub fn couple(
                 _ => R::Y(axis),
             };
             let mut l = vec![];
-            let members: [(usize, &str, usize); 3] = [(0, a.as_str(), ra), (1, b.as_str(), rb), (2, out0.as_str(), ry)];
+            let members: [(usize, &str, usize); 3] = [
+                (0, a.as_str(), ra),
+                (1, b.as_str(), rb),
+                (2, out0.as_str(), ry),
+            ];
             let me = match slot {
                 Slot::In(i) => i,
                 _ => 2,
@@ -642,7 +668,13 @@ pub fn couple(
             }
             let x = input(0).unwrap_or_default();
             let c = size_of(&x, 1)?;
-            let params: Vec<String> = n.inputs.iter().skip(1).filter(|v| !v.is_empty()).cloned().collect();
+            let params: Vec<String> = n
+                .inputs
+                .iter()
+                .skip(1)
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .collect();
             let mut members = vec![(x.clone(), 1), (out0.clone(), 1)];
             members.extend(params.iter().map(|p| (p.clone(), 0)));
             let (me, my_axis) = match slot {
@@ -672,7 +704,11 @@ pub fn couple(
             if axis >= first || !matches!(slot, Slot::In(0) | Slot::Out(0)) {
                 return Err("LayerNormalization normalizes over this axis".into());
             }
-            let other = if slot == Slot::In(0) { out0.clone() } else { x.clone() };
+            let other = if slot == Slot::In(0) {
+                out0.clone()
+            } else {
+                x.clone()
+            };
             return Ok(vec![link(&other, axis, same(size_of(&other, axis)?))]);
         }
         "Softmax" | "LogSoftmax" | "Hardmax" => {
@@ -680,11 +716,16 @@ pub fn couple(
             let r = shape(&x)?.len();
             // Opsets before 13 flatten from `axis` (default 1) on; from 13 only
             // `axis` (default -1) is normalized: without the attribute, assume the wider.
-            let s = norm_axis(n.attr_int("axis").unwrap_or(1.min(r as i64 - 1)), r).ok_or("bad axis")?;
+            let s = norm_axis(n.attr_int("axis").unwrap_or(1.min(r as i64 - 1)), r)
+                .ok_or("bad axis")?;
             if axis >= s {
                 return Err(format!("{op} normalizes over this axis"));
             }
-            let other = if slot == Slot::In(0) { out0.clone() } else { x.clone() };
+            let other = if slot == Slot::In(0) {
+                out0.clone()
+            } else {
+                x.clone()
+            };
             return Ok(vec![link(&other, axis, same(size_of(&other, axis)?))]);
         }
         "MaxPool" | "AveragePool" | "LpPool" | "GlobalAveragePool" | "GlobalMaxPool"
@@ -696,7 +737,11 @@ pub fn couple(
                 return Err(format!("{op} pools over this axis"));
             }
             let x = input(0).unwrap_or_default();
-            let other = if slot == Slot::In(0) { out0.clone() } else { x.clone() };
+            let other = if slot == Slot::In(0) {
+                out0.clone()
+            } else {
+                x.clone()
+            };
             return Ok(vec![link(&other, axis, same(size_of(&other, axis)?))]);
         }
         "Pad" => {
@@ -714,18 +759,26 @@ pub fn couple(
             };
             let axes = axes_of(g, n, 3)?;
             let padded = match axes {
-                None => pads.get(axis).copied().unwrap_or(0) != 0 || pads.get(axis + r).copied().unwrap_or(0) != 0,
+                None => {
+                    pads.get(axis).copied().unwrap_or(0) != 0
+                        || pads.get(axis + r).copied().unwrap_or(0) != 0
+                }
                 Some(ax) => {
                     let k = ax.len();
                     ax.iter().enumerate().any(|(i, &a)| {
-                        norm_axis(a, r) == Some(axis) && (pads.get(i) != Some(&0) || pads.get(i + k) != Some(&0))
+                        norm_axis(a, r) == Some(axis)
+                            && (pads.get(i) != Some(&0) || pads.get(i + k) != Some(&0))
                     })
                 }
             };
             if padded {
                 return Err("Pad pads this axis".into());
             }
-            let other = if slot == Slot::In(0) { out0.clone() } else { x.clone() };
+            let other = if slot == Slot::In(0) {
+                out0.clone()
+            } else {
+                x.clone()
+            };
             return Ok(vec![link(&other, axis, same(size_of(&other, axis)?))]);
         }
         "Resize" | "Upsample" => {
@@ -739,7 +792,11 @@ pub fn couple(
             if size_of(&x, axis)? != size_of(&out0, axis)? {
                 return Err(format!("{op} scales this axis"));
             }
-            let other = if slot == Slot::In(0) { out0.clone() } else { x.clone() };
+            let other = if slot == Slot::In(0) {
+                out0.clone()
+            } else {
+                x.clone()
+            };
             return Ok(vec![link(&other, axis, same(size_of(&other, axis)?))]);
         }
         "Transpose" => {
@@ -768,7 +825,11 @@ pub fn couple(
             let (sx, sy) = (shape(&x)?, shape(&out0)?);
             let axes = axes_of(g, n, 1)?;
             // Map input axes to output axes by skipping the inserted/removed ones.
-            let (long, short) = if op == "Unsqueeze" { (&sy, &sx) } else { (&sx, &sy) };
+            let (long, short) = if op == "Unsqueeze" {
+                (&sy, &sx)
+            } else {
+                (&sx, &sy)
+            };
             let removed: Vec<usize> = match axes {
                 Some(a) => a.iter().filter_map(|&v| norm_axis(v, long.len())).collect(),
                 None => (0..long.len()).filter(|&i| long[i] == 1).collect(),
@@ -782,16 +843,26 @@ pub fn couple(
                 _ => (false, axis),
             };
             let target = if from_long {
-                kept.iter().position(|&k| k == here).ok_or(format!("{op} removes this axis"))?
+                kept.iter()
+                    .position(|&k| k == here)
+                    .ok_or(format!("{op} removes this axis"))?
             } else {
                 *kept.get(here).ok_or("bad axis")?
             };
-            let other = if slot == Slot::In(0) { out0.clone() } else { x.clone() };
+            let other = if slot == Slot::In(0) {
+                out0.clone()
+            } else {
+                x.clone()
+            };
             return Ok(vec![link(&other, target, same(size_of(&other, target)?))]);
         }
         "Concat" | "Split" => {
             let concat = op == "Concat";
-            let whole = if concat { out0.clone() } else { input(0).unwrap_or_default() };
+            let whole = if concat {
+                out0.clone()
+            } else {
+                input(0).unwrap_or_default()
+            };
             let r = shape(&whole)?.len();
             let cat = norm_axis(n.attr_int("axis").unwrap_or(0), r).ok_or("bad axis")?;
             let parts: Vec<String> = if concat {
@@ -813,7 +884,11 @@ pub fn couple(
             if axis != cat {
                 // Every part and the whole share this axis.
                 let c = size_of(&me, axis)?;
-                let mut l: Vec<Link> = parts.iter().filter(|p| **p != me).map(|p| link(p, axis, same(c))).collect();
+                let mut l: Vec<Link> = parts
+                    .iter()
+                    .filter(|p| **p != me)
+                    .map(|p| link(p, axis, same(c)))
+                    .collect();
                 if !is_whole {
                     l.push(link(&whole, axis, same(c)));
                 }
@@ -826,7 +901,11 @@ pub fn couple(
                 if is_whole {
                     l.push(link(p, cat, (0..len).map(|j| (offset + j, j)).collect()));
                 } else if *p == me {
-                    l.push(link(&whole, cat, (0..len).map(|j| (j, offset + j)).collect()));
+                    l.push(link(
+                        &whole,
+                        cat,
+                        (0..len).map(|j| (j, offset + j)).collect(),
+                    ));
                 }
                 offset += len;
             }
@@ -893,7 +972,13 @@ fn reshape_links(
     let (here_dims, there_dims) = if from_input { (sx, sy) } else { (sy, sx) };
     let seg = segs
         .iter()
-        .find(|(i, j)| if from_input { i.contains(&axis) } else { j.contains(&axis) })
+        .find(|(i, j)| {
+            if from_input {
+                i.contains(&axis)
+            } else {
+                j.contains(&axis)
+            }
+        })
         .ok_or("bad axis")?;
     let (here, there) = if from_input {
         (seg.0.clone(), seg.1.clone())
@@ -926,7 +1011,9 @@ fn reshape_links(
         return Ok(vec![Link {
             tensor: other.to_string(),
             axis: t,
-            pairs: (0..total).map(|p| (comp(here_dims, &here, axis, p), p)).collect(),
+            pairs: (0..total)
+                .map(|p| (comp(here_dims, &here, axis, p), p))
+                .collect(),
         }]);
     }
     if hn.len() == 1 {
@@ -935,7 +1022,9 @@ fn reshape_links(
         return Ok(vec![Link {
             tensor: other.to_string(),
             axis: t,
-            pairs: (0..total).map(|p| (p, comp(there_dims, &there, t, p))).collect(),
+            pairs: (0..total)
+                .map(|p| (p, comp(there_dims, &there, t, p)))
+                .collect(),
         }]);
     }
     Err("the reshape regroups several axes into several axes".into())
@@ -951,6 +1040,8 @@ mod tests {
         assert_eq!(s, vec![(0..1, 0..1), (1..4, 1..2)]);
         let s = segments(&[2, 5, 768], &[2, 5, 12, 64]).unwrap();
         assert_eq!(s[2], (2..3, 2..4));
-        assert!(segments(&[6, 4], &[4, 6]).is_none() || segments(&[6, 4], &[4, 6]).unwrap().len() == 1);
+        assert!(
+            segments(&[6, 4], &[4, 6]).is_none() || segments(&[6, 4], &[4, 6]).unwrap().len() == 1
+        );
     }
 }
