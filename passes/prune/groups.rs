@@ -18,6 +18,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::ir::{DataType, Graph, Node, NodeId};
 
+/// (index of one axis, index of another) pairs that go together.
+type Pairs = Vec<(usize, usize)>;
+
 /// Shapes of every tensor of the graph (inputs, initializers, node outputs).
 pub type Shapes = BTreeMap<String, Vec<i64>>;
 
@@ -138,7 +141,7 @@ pub fn analyze(g: &Graph, shapes: &Shapes, sources: &[NodeId]) -> Analysis {
     let mut parent: Vec<usize> = Vec::new();
     let mut blocked: BTreeMap<usize, (String, String)> = BTreeMap::new();
     let mut queue: VecDeque<usize> = VecDeque::new();
-    let mut links: Vec<(usize, usize, Vec<(usize, usize)>)> = Vec::new();
+    let mut links: Vec<(usize, usize, Pairs)> = Vec::new();
 
     let add_dim = |a: &mut Analysis,
                    parent: &mut Vec<usize>,
