@@ -22,6 +22,7 @@ pub mod eliminate_dead;
 mod fold_batchnorm;
 pub mod linalg;
 pub mod measure;
+mod prune;
 mod quantize;
 pub mod select;
 mod specialize;
@@ -178,6 +179,7 @@ pub static PASSES: &[PassInfo] = &[
     distill_head::INFO,
     eliminate_dead::INFO,
     fold_batchnorm::INFO,
+    prune::INFO,
     quantize::INFO,
     specialize::INFO,
 ];

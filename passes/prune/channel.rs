@@ -1,0 +1,1320 @@
+//! `granularity: channel`: plan (which channels of which group go), score,
+//! and the rewrite that removes them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+
+use super::groups::{self, const_ints, Analysis, Group, Shapes};
+use super::{Importance, Prune};
+use crate::ir::{Attribute, DataType, DimValue, Graph, Model, NodeId, Tensor};
+use crate::passes::select::NodeMatch;
+use crate::passes::{PassContext, PassError, PassReport};
+
+const COMPUTE: &[&str] = &["Conv", "ConvTranspose", "Gemm", "MatMul"];
+
+/// Ratio used when neither `ratio` nor `target` is given.
+pub const DEFAULT_RATIO: f64 = 0.3;
+
+/// What happens to one group.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fate {
+    /// Left whole: why.
+    Whole(String),
+    /// Prunable, with each channel's importance.
+    Prunable(Vec<f64>),
+}
+
+/// The plan for a model: the analysis, each group's fate and removed channels.
+pub struct Plan {
+    /// The dependency analysis.
+    pub analysis: Analysis,
+    /// Per group.
+    pub fates: Vec<Fate>,
+    /// Per group, the removed channel indices (sorted).
+    pub removed: Vec<Vec<usize>>,
+    /// Shapes of every tensor before pruning.
+    pub shapes: Shapes,
+}
+
+/// The shapes of every tensor, from tract's typing of the model with each
+/// node output made an output (symbolic input dims from `--dim`, else 1).
+pub fn shapes(model: &Model, ctx: &PassContext) -> Result<Shapes, PassError> {
+    let g = &model.graph;
+    let mut m = model.clone();
+    let mut outs: Vec<crate::ir::ValueInfo> = Vec::new();
+    for (_, n) in g.nodes() {
+        for o in n.outputs.iter().filter(|o| !o.is_empty()) {
+            outs.push(crate::ir::ValueInfo {
+                name: Some(o.clone()),
+                ..Default::default()
+            });
+        }
+    }
+    m.graph.outputs = outs;
+    let runner = crate::exec::Runner::from_model("prune (shapes)", &m, ctx.model_dir.as_deref())
+        .map_err(|e| PassError::Model(format!("shapes of the model: {e}")))?;
+    let mut ins: Vec<Vec<usize>> = Vec::new();
+    for spec in runner.inputs() {
+        let dims = spec
+            .shape
+            .clone()
+            .ok_or_else(|| PassError::Model(format!("input {:?} has no known rank", spec.name)))?;
+        ins.push(
+            dims.iter()
+                .map(|d| match d {
+                    DimValue::Known(k) => (*k).max(0) as usize,
+                    DimValue::Symbol(s) => ctx.dims.get(s).copied().unwrap_or(1),
+                    DimValue::Unknown => 1,
+                })
+                .collect(),
+        );
+    }
+    let found = runner
+        .output_shapes(&ins)
+        .map_err(|e| PassError::Model(format!("shapes of the model: {e}")))?;
+    let mut shapes = Shapes::new();
+    for (spec, s) in runner.inputs().iter().zip(&ins) {
+        shapes.insert(spec.name.clone(), s.iter().map(|&d| d as i64).collect());
+    }
+    for (name, s) in runner.outputs().iter().zip(found) {
+        if let Some(s) = s {
+            shapes.insert(name.clone(), s.iter().map(|&d| d as i64).collect());
+        }
+    }
+    for t in g.initializers() {
+        shapes.insert(t.name().to_string(), t.dims.clone());
+    }
+    Ok(shapes)
+}
+
+fn matches(m: &NodeMatch, name: &str) -> bool {
+    match m {
+        NodeMatch::Name(n) => n == name,
+        NodeMatch::Regex(r) => regex::Regex::new(&r.regex).is_ok_and(|re| re.is_match(name)),
+    }
+}
+
+/// Checks that exact names given in include/exclude/overrides exist.
+fn check_names(cfg: &Prune, g: &Graph, report: &mut PassReport) -> Result<(), PassError> {
+    let names: Vec<&str> = g.nodes().map(|(_, n)| n.name()).collect();
+    let missing = |field: String, n: &str| {
+        let hint = crate::passes::closest(n, &names)
+            .map(|c| format!("; did you mean {c:?}?"))
+            .unwrap_or_default();
+        PassError::Model(format!("{field}: no node is named {n:?}{hint}"))
+    };
+    for (list, field) in [
+        (&cfg.include_nodes, "include_nodes"),
+        (&cfg.exclude_nodes, "exclude_nodes"),
+    ] {
+        for (i, m) in list.iter().enumerate() {
+            match m {
+                NodeMatch::Name(n) if !names.contains(&n.as_str()) => {
+                    return Err(missing(format!("{field}[{i}]"), n))
+                }
+                NodeMatch::Regex(r) if !names.iter().any(|n| matches(m, n)) => {
+                    report.warnings.push(format!(
+                        "{field}[{i}]: regex {:?} matches no node name",
+                        r.regex
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    for n in cfg.overrides.keys() {
+        if !names.contains(&n.as_str()) {
+            return Err(missing(format!("overrides.{n}"), n));
+        }
+    }
+    Ok(())
+}
+
+/// Why the options keep a group whole, if they do.
+fn filtered(cfg: &Prune, g: &Group, ops: &BTreeMap<String, String>) -> Option<String> {
+    for name in g.producers.iter().chain(&g.consumers) {
+        let op = ops.get(name).map(String::as_str).unwrap_or("");
+        if !cfg.ops.iter().any(|o| o == op) {
+            return Some(format!("{op} {name:?} is not in `ops`"));
+        }
+        if let Some(i) = cfg.exclude_nodes.iter().position(|m| matches(m, name)) {
+            return Some(format!("{name:?} is excluded by exclude_nodes[{i}]"));
+        }
+        if cfg.overrides.get(name).is_some_and(|o| o.skip) {
+            return Some(format!("overrides.{name}.skip"));
+        }
+    }
+    if !cfg.include_nodes.is_empty()
+        && !g
+            .producers
+            .iter()
+            .any(|p| cfg.include_nodes.iter().any(|m| matches(m, p)))
+    {
+        return Some("no producer is in include_nodes".into());
+    }
+    None
+}
+
+/// Per-index norm of a tensor's slices along `axis`: Σ|w| (l1) or Σw² (l2).
+fn slice_norms(t: &Tensor, axis: usize, l1: bool) -> Option<Vec<f64>> {
+    let v = t.to_f32().ok()?;
+    let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    let size = *dims.get(axis)?;
+    let inner: usize = dims[axis + 1..].iter().product();
+    let mut out = vec![0f64; size];
+    for (k, x) in v.iter().enumerate() {
+        let i = (k / inner.max(1)) % size.max(1);
+        let x = f64::from(*x);
+        out[i] += if l1 { x.abs() } else { x * x };
+    }
+    Some(out)
+}
+
+/// Each channel's importance: the norm of its slices of every compute
+/// weight (producer rows, consumer columns), summed over the group.
+fn importance(
+    g: &Graph,
+    a: &Analysis,
+    group: &Group,
+    shapes: &Shapes,
+    imp: Importance,
+) -> Vec<f64> {
+    let l1 = imp == Importance::L1;
+    let mut per_dim: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    for &d in &group.dims {
+        let dim = &a.dims[d];
+        let Some(t) = g.initializer(&dim.tensor) else {
+            continue;
+        };
+        if t.dtype() != DataType::Float {
+            continue;
+        }
+        let is_weight = g
+            .uses(&dim.tensor)
+            .iter()
+            .any(|u| groups::weight_role(g, g.node(u.node), u.slot, dim.axis, shapes).is_some());
+        if is_weight {
+            if let Some(n) = slice_norms(t, dim.axis, l1) {
+                per_dim.insert(d, n);
+            }
+        }
+    }
+    group
+        .channels
+        .iter()
+        .map(|c| {
+            let s: f64 = c
+                .elements
+                .iter()
+                .filter_map(|(d, i)| per_dim.get(d).map(|v| v[*i]))
+                .sum();
+            if l1 {
+                s
+            } else {
+                s.sqrt()
+            }
+        })
+        .collect()
+}
+
+/// Channels a group keeps when `want` are asked for: at least `min_channels`,
+/// and a multiple of `round_to` elements in its widest tensor axis.
+fn bounded_keep(cfg: &Prune, group: &Group, want: usize) -> usize {
+    let n = group.channels.len();
+    let unit = group
+        .channels
+        .first()
+        .map(|c| {
+            let mut per: BTreeMap<usize, usize> = BTreeMap::new();
+            for (d, _) in &c.elements {
+                *per.entry(*d).or_default() += 1;
+            }
+            per.values().copied().max().unwrap_or(1)
+        })
+        .unwrap_or(1);
+    let mut keep = want.max(cfg.min_channels).min(n);
+    while keep < n && (keep * unit) % cfg.round_to != 0 {
+        keep += 1;
+    }
+    keep
+}
+
+/// The `keep` most important channels' complement, sorted.
+fn least(scores: &[f64], keep: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&x, &y| scores[y].total_cmp(&scores[x]).then(x.cmp(&y)));
+    let mut removed: Vec<usize> = order[keep.min(order.len())..].to_vec();
+    removed.sort();
+    removed
+}
+
+/// Per dim: how many of its indices the removal takes.
+fn removed_counts(a: &Analysis, removed: &[Vec<usize>]) -> Vec<usize> {
+    let mut counts = vec![0usize; a.dims.len()];
+    for (gi, r) in removed.iter().enumerate() {
+        for &c in r {
+            for (d, _) in &a.groups[gi].channels[c].elements {
+                counts[*d] += 1;
+            }
+        }
+    }
+    counts
+}
+
+fn new_shape(a: &Analysis, shapes: &Shapes, counts: &[usize], t: &str) -> Option<Vec<i64>> {
+    let mut s = shapes.get(t)?.clone();
+    for (ax, v) in s.iter_mut().enumerate() {
+        if let Some(d) = a.dim(t, ax) {
+            *v -= counts[d] as i64;
+        }
+    }
+    Some(s)
+}
+
+/// Conv/ConvTranspose/Gemm/MatMul MACs (counted by `inspect::node_macs`) and
+/// float weight elements after removing `removed`.
+fn cost(g: &Graph, plan: &Plan, removed: &[Vec<usize>]) -> (u64, u64) {
+    let counts = removed_counts(&plan.analysis, removed);
+    let shape = |t: &str| new_shape(&plan.analysis, &plan.shapes, &counts, t);
+    let mut macs = 0u64;
+    for (_, n) in g.nodes() {
+        if !COMPUTE.contains(&n.op_type()) || !n.domain().is_empty() {
+            continue;
+        }
+        let x = n.inputs.first().and_then(|v| shape(v));
+        let w = n.inputs.get(1).and_then(|v| shape(v));
+        let y = n.outputs.first().and_then(|v| shape(v));
+        macs += crate::inspect::node_macs(n, x, w, y.as_deref()).unwrap_or(0);
+    }
+    let params = g
+        .initializers()
+        .iter()
+        .filter(|t| t.dtype().is_float())
+        .map(|t| {
+            shape(t.name())
+                .map(|s| s.iter().product::<i64>().max(0) as u64)
+                .unwrap_or(0)
+        })
+        .sum();
+    (macs, params)
+}
+
+/// Builds the plan: analysis, fates, and the channels removed.
+pub fn plan(
+    cfg: &Prune,
+    model: &Model,
+    ctx: &PassContext,
+    report: &mut PassReport,
+) -> Result<Plan, PassError> {
+    let g = &model.graph;
+    check_names(cfg, g, report)?;
+    let shapes = shapes(model, ctx)?;
+    let order = g.topological_order()?;
+    let sources: Vec<NodeId> = order
+        .iter()
+        .copied()
+        .filter(|&id| {
+            let n = g.node(id);
+            n.domain().is_empty()
+                && COMPUTE.contains(&n.op_type())
+                && groups::source_axis(g, n, &shapes).is_some()
+        })
+        .collect();
+    let analysis = groups::analyze(g, &shapes, &sources);
+    let ops: BTreeMap<String, String> = g
+        .nodes()
+        .map(|(_, n)| (n.name().to_string(), n.op_type().to_string()))
+        .collect();
+    if cfg.importance == Importance::Activation {
+        return Err(PassError::Model(
+            "importance: activation needs the shared channel statistics (passes/calib), not on this branch yet; use l1 or l2".into(),
+        ));
+    }
+    if cfg.reconstruct == Some(true) {
+        return Err(PassError::Model(
+            "reconstruct: true is not built on this branch yet".into(),
+        ));
+    }
+    let fates: Vec<Fate> = analysis
+        .groups
+        .iter()
+        .map(|grp| {
+            if let Some((node, why)) = &grp.blocked {
+                return Fate::Whole(format!("{node}: {why}"));
+            }
+            if grp.producers.is_empty() {
+                return Fate::Whole("no compute node produces these channels".into());
+            }
+            if let Some(why) = filtered(cfg, grp, &ops) {
+                return Fate::Whole(why);
+            }
+            if grp.channels.len() <= cfg.min_channels {
+                return Fate::Whole(format!(
+                    "{} channels, min_channels is {}",
+                    grp.channels.len(),
+                    cfg.min_channels
+                ));
+            }
+            Fate::Prunable(importance(g, &analysis, grp, &shapes, cfg.importance))
+        })
+        .collect();
+    let mut plan = Plan {
+        removed: vec![Vec::new(); analysis.groups.len()],
+        analysis,
+        fates,
+        shapes,
+    };
+    match cfg.target.as_ref() {
+        None => {
+            for (gi, grp) in plan.analysis.groups.iter().enumerate() {
+                let Fate::Prunable(scores) = &plan.fates[gi] else {
+                    continue;
+                };
+                let ratio = grp
+                    .producers
+                    .iter()
+                    .find_map(|p| cfg.overrides.get(p).and_then(|o| o.ratio))
+                    .or(cfg.ratio)
+                    .unwrap_or(DEFAULT_RATIO);
+                let n = scores.len();
+                let remove = (ratio * n as f64).floor() as usize;
+                let keep = bounded_keep(cfg, grp, n - remove);
+                plan.removed[gi] = least(scores, keep);
+            }
+        }
+        Some(t) => {
+            let (macs0, params0) = cost(g, &plan, &plan.removed);
+            let (goal, use_macs, field) = match (t.macs, t.params) {
+                (Some(m), _) => ((macs0 as f64 * m), true, "macs"),
+                (_, Some(p)) => ((params0 as f64 * p), false, "params"),
+                _ => {
+                    return Err(PassError::Model(
+                        "target.min_sqnr_db is not built on this branch yet (the shared target search has not landed); use target.macs or target.params".into(),
+                    ))
+                }
+            };
+            // Scores over the group's mean: comparable across groups.
+            let normalized: Vec<Option<Vec<f64>>> = plan
+                .fates
+                .iter()
+                .map(|f| match f {
+                    Fate::Prunable(s) => {
+                        let mean = s.iter().sum::<f64>() / s.len().max(1) as f64;
+                        Some(
+                            s.iter()
+                                .map(|x| if mean > 0.0 { x / mean } else { 0.0 })
+                                .collect(),
+                        )
+                    }
+                    Fate::Whole(_) => None,
+                })
+                .collect();
+            let mut thresholds: Vec<f64> = normalized.iter().flatten().flatten().copied().collect();
+            thresholds.sort_by(f64::total_cmp);
+            thresholds.dedup();
+            thresholds.push(f64::INFINITY);
+            let removal = |tau: f64| -> Vec<Vec<usize>> {
+                plan.analysis
+                    .groups
+                    .iter()
+                    .zip(&normalized)
+                    .map(|(grp, s)| match s {
+                        None => Vec::new(),
+                        Some(s) => {
+                            let want = s.iter().filter(|&&x| x >= tau).count();
+                            least(s, bounded_keep(cfg, grp, want))
+                        }
+                    })
+                    .collect()
+            };
+            let metric = |r: &[Vec<usize>]| {
+                let (m, p) = cost(g, &plan, r);
+                if use_macs {
+                    m as f64
+                } else {
+                    p as f64
+                }
+            };
+            // Smallest threshold (fewest channels removed) that meets the goal.
+            let (mut lo, mut hi) = (0usize, thresholds.len() - 1);
+            let best = removal(thresholds[hi]);
+            if metric(&best) > goal {
+                let total = if use_macs { macs0 } else { params0 };
+                let reached = metric(&best) / total.max(1) as f64;
+                let whole: Vec<String> = plan
+                    .fates
+                    .iter()
+                    .zip(&plan.analysis.groups)
+                    .filter_map(|(f, grp)| match f {
+                        Fate::Whole(w) => Some(format!("{}: {w}", group_name(grp))),
+                        _ => None,
+                    })
+                    .take(5)
+                    .collect();
+                report.warnings.push(format!(
+                    "target.{field} {} cannot be reached: with every prunable group at min_channels the model keeps {:.3} of its {field}; the rest sits in groups left whole ({}{})",
+                    if use_macs { t.macs.unwrap_or(0.0) } else { t.params.unwrap_or(0.0) },
+                    reached,
+                    whole.join("; "),
+                    if plan.fates.iter().filter(|f| matches!(f, Fate::Whole(_))).count() > 5 { "; ..." } else { "" }
+                ));
+                plan.removed = best;
+            } else {
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    if metric(&removal(thresholds[mid])) <= goal {
+                        hi = mid;
+                    } else {
+                        lo = mid + 1;
+                    }
+                }
+                plan.removed = removal(thresholds[lo]);
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// A group's name: its first producer, or its first tensor.
+pub fn group_name(grp: &Group) -> String {
+    grp.producers
+        .first()
+        .cloned()
+        .unwrap_or_else(|| format!("({} channels)", grp.channels.len()))
+}
+
+/// Removes the planned channels from the graph.
+pub fn apply(model: &mut Model, plan: &Plan) -> Result<usize, PassError> {
+    let a = &plan.analysis;
+    let counts = removed_counts(a, &plan.removed);
+    // Removed indices per dim.
+    let mut gone: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+    for (gi, r) in plan.removed.iter().enumerate() {
+        for &c in r {
+            for &(d, i) in &a.groups[gi].channels[c].elements {
+                gone.entry(d).or_default().insert(i);
+            }
+        }
+    }
+    let opset = model.opset_version("").unwrap_or(13);
+    let g = &mut model.graph;
+    let shape = |t: &str| new_shape(a, &plan.shapes, &counts, t);
+    // 1. Initializers.
+    let mut changed = 0;
+    let mut per_tensor: BTreeMap<String, Vec<(usize, &BTreeSet<usize>)>> = BTreeMap::new();
+    for (d, idx) in &gone {
+        let dim = &a.dims[*d];
+        if g.initializer(&dim.tensor).is_some() {
+            per_tensor
+                .entry(dim.tensor.clone())
+                .or_default()
+                .push((dim.axis, idx));
+        }
+    }
+    for (name, cuts) in per_tensor {
+        let Some(mut t) = g.initializer(&name).cloned() else {
+            continue;
+        };
+        for (axis, idx) in cuts {
+            t = slice(&t, axis, idx)?;
+        }
+        g.replace_initializer(t);
+        changed += 1;
+    }
+    // 2. Attributes and shape constants.
+    for id in g.node_ids() {
+        let n = g.node(id).clone();
+        let touched = n
+            .inputs
+            .iter()
+            .chain(&n.outputs)
+            .any(|v| (0..8).any(|ax| a.dim(v, ax).is_some_and(|d| counts[d] > 0)));
+        if !touched {
+            continue;
+        }
+        match n.op_type() {
+            "Conv" if n.attr_int("group").unwrap_or(1) > 1 => {
+                let cin = shape(&n.inputs[0])
+                    .and_then(|s| s.get(1).copied())
+                    .unwrap_or(0);
+                g.update_node(id, |n| n.set_attr(Attribute::int("group", cin)));
+            }
+            "Split" => {
+                let r = plan.shapes.get(&n.inputs[0]).map_or(0, Vec::len);
+                let axis = n.attr_int("axis").unwrap_or(0);
+                let axis = if axis < 0 { axis + r as i64 } else { axis } as usize;
+                let sizes: Vec<i64> = n
+                    .outputs
+                    .iter()
+                    .map(|o| shape(o).and_then(|s| s.get(axis).copied()).unwrap_or(0))
+                    .collect();
+                if opset >= 13 {
+                    let name = g.unique_name(&format!("{}_split", n.outputs[0]));
+                    g.add_initializer(int_tensor(&name, &sizes));
+                    g.update_node(id, |n| {
+                        n.attributes.retain(|a| a.name() != "num_outputs");
+                        if n.inputs.len() < 2 {
+                            n.inputs.push(String::new());
+                        }
+                    });
+                    g.set_input(id, 1, &name);
+                } else {
+                    g.update_node(id, |n| n.set_attr(Attribute::ints("split", sizes)));
+                }
+            }
+            "Reshape" => {
+                let Some(c) = const_ints(g, &n.inputs[1]) else {
+                    continue;
+                };
+                let (Some(ny), Some(nx)) = (shape(&n.outputs[0]), shape(&n.inputs[0])) else {
+                    continue;
+                };
+                let new: Vec<i64> = c
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &v)| match v {
+                        -1 => -1,
+                        0 if nx.get(j) == ny.get(j) => 0,
+                        _ => ny.get(j).copied().unwrap_or(v),
+                    })
+                    .collect();
+                if new != c {
+                    let name = g.unique_name(&format!("{}_shape", n.outputs[0]));
+                    g.add_initializer(int_tensor(&name, &new));
+                    g.set_input(id, 1, &name);
+                }
+            }
+            _ => {}
+        }
+    }
+    // 3. Declared shapes of intermediate tensors.
+    for vi in g.value_info.iter_mut() {
+        let name = vi.name().to_string();
+        if let Some(ty) = vi.ty.as_mut() {
+            if let crate::ir::TypeKind::Tensor {
+                shape: Some(dims), ..
+            } = &mut ty.kind
+            {
+                for (ax, dim) in dims.iter_mut().enumerate() {
+                    if let (Some(d), DimValue::Known(k)) = (a.dim(&name, ax), &mut dim.value) {
+                        *k -= counts[d] as i64;
+                    }
+                }
+            }
+        }
+    }
+    crate::passes::eliminate_dead::remove_dead_nodes(g);
+    remove_unused_initializers(g);
+    Ok(changed)
+}
+
+fn remove_unused_initializers(g: &mut Graph) {
+    let unused: Vec<String> = g
+        .initializers()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|n| g.uses(n).is_empty() && !g.is_output(n) && !g.is_input(n))
+        .collect();
+    for n in unused {
+        g.remove_initializer(&n);
+    }
+}
+
+fn int_tensor(name: &str, v: &[i64]) -> Tensor {
+    let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    Tensor::from_raw(
+        name,
+        DataType::Int64,
+        vec![v.len() as i64],
+        Bytes::from(raw),
+    )
+}
+
+/// `t` without the indices `gone` of `axis`.
+fn slice(t: &Tensor, axis: usize, gone: &BTreeSet<usize>) -> Result<Tensor, PassError> {
+    let bad = |why: &str| PassError::Model(format!("initializer {:?}: {why}", t.name()));
+    let bits = t
+        .dtype()
+        .bits()
+        .ok_or_else(|| bad("unknown element size"))?;
+    if bits % 8 != 0 {
+        return Err(bad("sub-byte elements cannot be sliced"));
+    }
+    let esize = (bits / 8) as usize;
+    let raw = t.packed_bytes()?;
+    let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+    let size = *dims.get(axis).ok_or_else(|| bad("no such axis"))?;
+    let outer: usize = dims[..axis].iter().product();
+    let inner: usize = dims[axis + 1..].iter().product::<usize>() * esize;
+    if raw.len() != outer * size * inner {
+        return Err(bad("data does not match its dims"));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for o in 0..outer {
+        for i in (0..size).filter(|i| !gone.contains(i)) {
+            let start = (o * size + i) * inner;
+            out.extend_from_slice(&raw[start..start + inner]);
+        }
+    }
+    let mut new = t.clone();
+    new.dims[axis] = (size - gone.iter().filter(|&&i| i < size).count()) as i64;
+    new.set_raw(Bytes::from(out));
+    new.data_type = Some(t.dtype().code());
+    Ok(new)
+}
+
+/// The pass: plan, rewrite, report.
+pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassReport, PassError> {
+    let mut report = PassReport::with_counters(&[
+        "groups",
+        "groups_pruned",
+        "groups_whole",
+        "channels_removed",
+        "initializers_changed",
+        "params_before",
+        "params_after",
+        "weight_bytes_before",
+        "weight_bytes_after",
+        "macs_before",
+        "macs_after",
+    ]);
+    report.count(
+        "constants_hoisted",
+        crate::passes::hoist_constants(&mut model.graph) as i64,
+    );
+    let before = crate::inspect::summarize(model);
+    let plan = plan(cfg, model, ctx, &mut report)?;
+    let g = &model.graph;
+    // MACs as `inspect::node_macs` counts them, on the shapes tract proves
+    // (inspect's own propagation does not follow every op a model has).
+    let (macs0, _) = cost(g, &plan, &vec![Vec::new(); plan.removed.len()]);
+    let (macs1, _) = cost(g, &plan, &plan.removed);
+    // MACs in compute nodes that read or produce a prunable group.
+    let mut prunable_nodes: BTreeSet<String> = BTreeSet::new();
+    let mut rows = Vec::new();
+    for (gi, grp) in plan.analysis.groups.iter().enumerate() {
+        let n = grp.channels.len();
+        let removed = plan.removed[gi].len();
+        let members: Vec<String> = grp
+            .dims
+            .iter()
+            .map(|&d| {
+                format!(
+                    "{}[{}]",
+                    plan.analysis.dims[d].tensor, plan.analysis.dims[d].axis
+                )
+            })
+            .collect();
+        let mut detail = serde_json::json!({
+            "group": group_name(grp),
+            "producers": grp.producers,
+            "consumers": grp.consumers,
+            "members": members,
+            "channels_before": n,
+            "channels_after": n - removed,
+        });
+        match &plan.fates[gi] {
+            Fate::Whole(why) => {
+                report.count("groups_whole", 1);
+                detail["left_whole"] = serde_json::json!(why);
+                rows.push(format!(
+                    "  {:<28} {:>5} → {:<5} whole: {why}",
+                    group_name(grp),
+                    n,
+                    n
+                ));
+            }
+            Fate::Prunable(scores) => {
+                prunable_nodes.extend(grp.producers.iter().chain(&grp.consumers).cloned());
+                if removed > 0 {
+                    report.count("groups_pruned", 1);
+                }
+                report.count("channels_removed", removed as i64);
+                let kept_min = (0..n)
+                    .filter(|i| plan.removed[gi].binary_search(i).is_err())
+                    .map(|i| scores[i])
+                    .fold(f64::INFINITY, f64::min);
+                let gone_max = plan.removed[gi]
+                    .iter()
+                    .map(|&i| scores[i])
+                    .fold(0.0, f64::max);
+                detail["importance_kept_min"] = serde_json::json!(round6(kept_min));
+                detail["importance_removed_max"] = serde_json::json!(round6(gone_max));
+                rows.push(format!(
+                    "  {:<28} {:>5} → {:<5}",
+                    group_name(grp),
+                    n,
+                    n - removed
+                ));
+            }
+        }
+        report.count("groups", 1);
+        report.details.push(detail);
+    }
+    let prunable_macs: u64 = {
+        let shapes = &plan.shapes;
+        g.nodes()
+            .filter(|(_, n)| prunable_nodes.contains(n.name()) && COMPUTE.contains(&n.op_type()))
+            .map(|(_, n)| {
+                let s = |i: usize| n.inputs.get(i).and_then(|v| shapes.get(v)).cloned();
+                let y = n.outputs.first().and_then(|v| shapes.get(v)).cloned();
+                crate::inspect::node_macs(n, s(0), s(1), y.as_deref()).unwrap_or(0)
+            })
+            .sum()
+    };
+    let changed = apply(model, &plan)?;
+    report.count("initializers_changed", changed as i64);
+    let after = crate::inspect::summarize(model);
+    let bytes = |s: &crate::inspect::Summary| s.bytes_by_dtype.values().sum::<u64>() as i64;
+    report.count("params_before", before.parameters as i64);
+    report.count("params_after", after.parameters as i64);
+    report.count("weight_bytes_before", bytes(&before));
+    report.count("weight_bytes_after", bytes(&after));
+    report.count("macs_before", macs0 as i64);
+    report.count("macs_after", macs1 as i64);
+    let share = if macs0 > 0 {
+        prunable_macs as f64 / macs0 as f64
+    } else {
+        0.0
+    };
+    report.count(
+        "macs_in_prunable_groups_permille",
+        (share * 1000.0).round() as i64,
+    );
+    let ratio = |a: i64, b: i64| if b > 0 { a as f64 / b as f64 } else { 1.0 };
+    let mut summary = format!(
+        "groups: {} ({} pruned, {} left whole); MACs {} → {} ({:.3}); params {} → {} ({:.3}); {:.1}% of MACs in prunable groups\n",
+        report.counters["groups"],
+        report.counters["groups_pruned"],
+        report.counters["groups_whole"],
+        macs0,
+        macs1,
+        ratio(macs1 as i64, macs0 as i64),
+        before.parameters,
+        after.parameters,
+        ratio(after.parameters as i64, before.parameters as i64),
+        share * 100.0
+    );
+    summary.push_str(&rows.join("\n"));
+    report.summary.push(summary);
+    Ok(report)
+}
+
+fn round6(x: f64) -> f64 {
+    if x.is_finite() {
+        (x * 1e6).round() / 1e6
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::exec::Runner;
+    use crate::ir::{Node, TypeInfo, ValueInfo};
+
+    /// A small graph builder: float input `x`, seeded weights.
+    pub struct B {
+        pub g: Graph,
+        seed: u64,
+    }
+
+    impl B {
+        pub fn new(x: &[i64]) -> B {
+            let mut g = Graph::new("g");
+            let dims = x.iter().map(|&d| crate::ir::Dim::known(d)).collect();
+            g.inputs
+                .push(ValueInfo::new("x", TypeInfo::tensor(DataType::Float, dims)));
+            B { g, seed: 7 }
+        }
+        fn rand(&mut self, n: usize) -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    self.seed = self
+                        .seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((self.seed >> 33) as f64 / (1u64 << 31) as f64 - 0.5) as f32
+                })
+                .collect()
+        }
+        pub fn weight(&mut self, name: &str, dims: &[i64]) -> String {
+            let n = dims.iter().product::<i64>() as usize;
+            let v = self.rand(n);
+            self.g
+                .add_initializer(Tensor::from_f32(name, dims.to_vec(), &v));
+            name.to_string()
+        }
+        pub fn ints(&mut self, name: &str, v: &[i64]) -> String {
+            self.g.add_initializer(int_tensor(name, v));
+            name.to_string()
+        }
+        pub fn node(
+            &mut self,
+            op: &str,
+            name: &str,
+            inputs: &[&str],
+            attrs: Vec<Attribute>,
+        ) -> String {
+            let out = format!("{name}_out");
+            let mut n = Node::with_io(op, name, inputs, &[out.as_str()]);
+            n.attributes = attrs;
+            self.g.add_node(n);
+            out
+        }
+        pub fn conv(&mut self, name: &str, x: &str, cin: i64, cout: i64, k: i64) -> String {
+            let w = self.weight(&format!("{name}.w"), &[cout, cin, k, k]);
+            let b = self.weight(&format!("{name}.b"), &[cout]);
+            let p = k / 2;
+            self.node(
+                "Conv",
+                name,
+                &[x, &w, &b],
+                vec![Attribute::ints("pads", vec![p, p, p, p])],
+            )
+        }
+        pub fn finish(mut self, y: &str) -> Model {
+            self.g
+                .outputs
+                .push(ValueInfo::new(y, TypeInfo::tensor(DataType::Float, vec![])));
+            Model::new(self.g, 17)
+        }
+    }
+
+    fn cfg(yaml: serde_json::Value) -> Prune {
+        crate::passes::parse_config::<Prune>(&yaml).unwrap()
+    }
+
+    fn run_model(m: &Model, x: &crate::data::Array) -> Vec<crate::data::Array> {
+        let r = Runner::from_model("t", m, None).unwrap();
+        r.run(0, std::slice::from_ref(x)).unwrap()
+    }
+
+    pub fn input(m: &Model) -> crate::data::Array {
+        let shape: Vec<usize> = m.graph.inputs[0]
+            .ty
+            .as_ref()
+            .and_then(|t| t.tensor_shape())
+            .unwrap()
+            .iter()
+            .map(|d| d.as_known().unwrap() as usize)
+            .collect();
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        crate::data::Array::from_f32(shape, &v)
+    }
+
+    /// Prunes and checks tract runs the result with the original output shapes.
+    pub fn prune(m: &Model, c: serde_json::Value) -> (Model, PassReport) {
+        let mut out = m.clone();
+        let rep = run(&cfg(c), &mut out, &PassContext::default()).unwrap();
+        crate::ir::verify(&out).unwrap();
+        let x = input(m);
+        let (a, b) = (run_model(m, &x), run_model(&out, &x));
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!(a.shape, b.shape);
+        }
+        (out, rep)
+    }
+
+    fn dims(m: &Model, t: &str) -> Vec<i64> {
+        m.graph.initializer(t).unwrap().dims.clone()
+    }
+
+    fn zero_channel(m: &mut Model, t: &str, c: usize) {
+        let w = m.graph.initializer(t).unwrap().clone();
+        let mut v = w.to_f32().unwrap();
+        let per = v.len() / w.dims[0] as usize;
+        v[c * per..(c + 1) * per].iter_mut().for_each(|x| *x = 0.0);
+        m.graph
+            .replace_initializer(Tensor::from_f32(t, w.dims.clone(), &v));
+    }
+
+    /// conv1 → BN → Relu → conv2 (→ output): conv1's filters are one group.
+    fn chain() -> Model {
+        let mut b = B::new(&[1, 3, 8, 8]);
+        let c1 = b.conv("conv1", "x", 3, 8, 3);
+        let (s, bb, mu, var) = (
+            b.weight("bn.s", &[8]),
+            b.weight("bn.b", &[8]),
+            b.weight("bn.m", &[8]),
+            b.weight("bn.v", &[8]),
+        );
+        let mut vv = b.g.initializer(&var).unwrap().to_f32().unwrap();
+        vv.iter_mut().for_each(|v| *v = v.abs() + 0.5);
+        b.g.replace_initializer(Tensor::from_f32(&var, vec![8], &vv));
+        let bn = b.node(
+            "BatchNormalization",
+            "bn",
+            &[&c1, &s, &bb, &mu, &var],
+            vec![],
+        );
+        let r = b.node("Relu", "relu", &[&bn], vec![]);
+        let y = b.conv("conv2", &r, 8, 4, 3);
+        b.finish(&y)
+    }
+
+    #[test]
+    fn a_chain_loses_filters_and_the_matching_inputs() {
+        let m = chain();
+        let (out, rep) = prune(&m, serde_json::json!({"ratio": 0.5}));
+        assert_eq!(dims(&out, "conv1.w"), [4, 3, 3, 3]);
+        assert_eq!(dims(&out, "conv1.b"), [4]);
+        assert_eq!(dims(&out, "bn.v"), [4]);
+        assert_eq!(dims(&out, "conv2.w"), [4, 4, 3, 3]);
+        assert_eq!(rep.counters["groups_pruned"], 1);
+        assert_eq!(rep.counters["channels_removed"], 4);
+        // conv2's outputs reach the graph output: left whole, with the reason.
+        assert!(rep.details.iter().any(|d| d["left_whole"]
+            .as_str()
+            .is_some_and(|w| w.contains("graph output"))));
+        assert!(rep.counters["macs_after"] < rep.counters["macs_before"]);
+    }
+
+    #[test]
+    fn removing_a_dead_filter_keeps_the_outputs() {
+        // A filter with zero weights, bias and BN shift contributes nothing.
+        let mut b = B::new(&[1, 3, 8, 8]);
+        let c1 = b.conv("conv1", "x", 3, 6, 3);
+        let r = b.node("Relu", "relu", &[&c1], vec![]);
+        let y = b.conv("conv2", &r, 6, 4, 1);
+        let mut m = b.finish(&y);
+        zero_channel(&mut m, "conv1.w", 2);
+        zero_channel(&mut m, "conv1.b", 2);
+        let (out, rep) = prune(&m, serde_json::json!({"ratio": 0.2}));
+        assert_eq!(rep.counters["channels_removed"], 1);
+        assert_eq!(dims(&out, "conv2.w"), [4, 5, 1, 1]);
+        let x = input(&m);
+        let (a, o) = (run_model(&m, &x), run_model(&out, &x));
+        let (a, o) = (a[0].to_f64(), o[0].to_f64());
+        for (p, q) in a.iter().zip(&o) {
+            assert!((p - q).abs() < 1e-5, "{p} {q}");
+        }
+    }
+
+    #[test]
+    fn residual_adds_join_both_branches_in_one_group() {
+        let mut b = B::new(&[1, 4, 6, 6]);
+        let stem = b.conv("stem", "x", 4, 8, 3);
+        let r0 = b.node("Relu", "r0", &[&stem], vec![]);
+        let c1 = b.conv("c1", &r0, 8, 8, 3);
+        let add = b.node("Add", "add", &[&r0, &c1], vec![]);
+        let r1 = b.node("Relu", "r1", &[&add], vec![]);
+        let y = b.conv("head", &r1, 8, 2, 1);
+        let m = b.finish(&y);
+        let (out, _) = prune(&m, serde_json::json!({"ratio": 0.25}));
+        assert_eq!(dims(&out, "stem.w"), [6, 4, 3, 3]);
+        assert_eq!(dims(&out, "c1.w"), [6, 6, 3, 3]);
+        assert_eq!(dims(&out, "head.w"), [2, 6, 1, 1]);
+    }
+
+    #[test]
+    fn concat_and_split_keep_their_offsets_and_sizes() {
+        // YOLOv8's C2f: Conv → Split → (a, b → Conv) → Concat → Conv.
+        let mut b = B::new(&[1, 3, 6, 6]);
+        let c0 = b.conv("cv1", "x", 3, 8, 1);
+        let sizes = b.ints("sizes", &[4, 4]);
+        let mut split = Node::with_io("Split", "split", &[&c0, &sizes], &["s0", "s1"]);
+        split.set_attr(Attribute::int("axis", 1));
+        b.g.add_node(split);
+        let m1 = b.conv("m1", "s1", 4, 4, 3);
+        let cat = b.node(
+            "Concat",
+            "cat",
+            &["s0", "s1", &m1],
+            vec![Attribute::int("axis", 1)],
+        );
+        let y = b.conv("cv2", &cat, 12, 2, 1);
+        let m = b.finish(&y);
+        let (out, rep) = prune(&m, serde_json::json!({"ratio": 0.5}));
+        // cv1's halves are two groups (2 of 4 each), m1's filters a third.
+        assert_eq!(dims(&out, "cv1.w"), [4, 3, 1, 1]);
+        assert_eq!(dims(&out, "m1.w"), [2, 2, 3, 3]);
+        assert_eq!(dims(&out, "cv2.w"), [2, 6, 1, 1]);
+        assert_eq!(rep.counters["groups_pruned"], 3);
+        let split = out
+            .graph
+            .nodes()
+            .find(|(_, n)| n.op_type() == "Split")
+            .unwrap()
+            .1
+            .clone();
+        assert_eq!(const_ints(&out.graph, &split.inputs[1]).unwrap(), [2, 2]);
+    }
+
+    #[test]
+    fn depthwise_convs_follow_their_input_and_rewrite_group() {
+        let mut b = B::new(&[1, 3, 6, 6]);
+        let c0 = b.conv("pw", "x", 3, 8, 1);
+        let w = b.weight("dw.w", &[8, 1, 3, 3]);
+        let dw = b.node(
+            "Conv",
+            "dw",
+            &[&c0, &w],
+            vec![
+                Attribute::int("group", 8),
+                Attribute::ints("pads", vec![1, 1, 1, 1]),
+            ],
+        );
+        let s = b.node("Sigmoid", "sig", &[&dw], vec![]);
+        let silu = b.node("Mul", "silu", &[&dw, &s], vec![]);
+        let y = b.conv("out", &silu, 8, 2, 1);
+        let m = b.finish(&y);
+        let (out, _) = prune(&m, serde_json::json!({"ratio": 0.5}));
+        assert_eq!(dims(&out, "dw.w"), [4, 1, 3, 3]);
+        let dw = out
+            .graph
+            .nodes()
+            .find(|(_, n)| n.name() == "dw")
+            .unwrap()
+            .1
+            .clone();
+        assert_eq!(dw.attr_int("group"), Some(4));
+    }
+
+    #[test]
+    fn global_pool_flatten_gemm_and_squeeze_excitation() {
+        let mut b = B::new(&[1, 3, 6, 6]);
+        let c0 = b.conv("c0", "x", 3, 8, 3);
+        // Squeeze-excitation: x · HardSigmoid(Conv(Relu(Conv(GAP(x))))).
+        let gap = b.node("GlobalAveragePool", "se.gap", &[&c0], vec![]);
+        let s1 = b.conv("se.fc1", &gap, 8, 4, 1);
+        let s1r = b.node("Relu", "se.relu", &[&s1], vec![]);
+        let s2 = b.conv("se.fc2", &s1r, 4, 8, 1);
+        let hs = b.node("HardSigmoid", "se.hs", &[&s2], vec![]);
+        let se = b.node("Mul", "se.mul", &[&c0, &hs], vec![]);
+        let gap2 = b.node("GlobalAveragePool", "gap", &[&se], vec![]);
+        let fl = b.node("Flatten", "flat", &[&gap2], vec![]);
+        let w = b.weight("fc.w", &[5, 8]);
+        let bias = b.weight("fc.b", &[5]);
+        let y = b.node(
+            "Gemm",
+            "fc",
+            &[&fl, &w, &bias],
+            vec![Attribute::int("transB", 1)],
+        );
+        let m = b.finish(&y);
+        let (out, _) = prune(&m, serde_json::json!({"ratio": 0.5}));
+        assert_eq!(dims(&out, "c0.w"), [4, 3, 3, 3]);
+        assert_eq!(dims(&out, "se.fc2.w"), [4, 2, 1, 1]);
+        assert_eq!(dims(&out, "se.fc1.w"), [2, 4, 1, 1]);
+        assert_eq!(dims(&out, "fc.w"), [5, 4]);
+    }
+
+    #[test]
+    fn flatten_of_a_spatial_map_removes_blocks_of_the_spatial_size() {
+        let mut b = B::new(&[1, 3, 4, 4]);
+        let c0 = b.conv("c0", "x", 3, 4, 3);
+        let fl = b.node("Flatten", "flat", &[&c0], vec![]);
+        let w = b.weight("fc.w", &[64, 3]);
+        let y = b.node("MatMul", "fc", &[&fl, &w], vec![]);
+        let m = b.finish(&y);
+        let (out, _) = prune(&m, serde_json::json!({"ratio": 0.5}));
+        assert_eq!(dims(&out, "fc.w"), [32, 3]);
+    }
+
+    /// Transformer block: FFN hidden units and attention heads.
+    fn encoder() -> Model {
+        let (s, d, h) = (5i64, 16i64, 4i64);
+        let hd = d / h;
+        let mut b = B::new(&[1, s, d]);
+        let (lg, lb) = (b.weight("ln.g", &[d]), b.weight("ln.b", &[d]));
+        let ln = b.node(
+            "LayerNormalization",
+            "ln",
+            &["x", &lg, &lb],
+            vec![Attribute::int("axis", -1)],
+        );
+        let mut heads = Vec::new();
+        for p in ["q", "k", "v"] {
+            let w = b.weight(&format!("{p}.w"), &[d, d]);
+            let bias = b.weight(&format!("{p}.b"), &[d]);
+            let mm = b.node("MatMul", &format!("{p}.mm"), &[&ln, &w], vec![]);
+            let add = b.node("Add", &format!("{p}.add"), &[&mm, &bias], vec![]);
+            let shape = b.ints(&format!("{p}.shape"), &[1, s, h, hd]);
+            let r = b.node("Reshape", &format!("{p}.reshape"), &[&add, &shape], vec![]);
+            let perm = if p == "k" {
+                vec![0, 2, 3, 1]
+            } else {
+                vec![0, 2, 1, 3]
+            };
+            heads.push(b.node(
+                "Transpose",
+                &format!("{p}.t"),
+                &[&r],
+                vec![Attribute::ints("perm", perm)],
+            ));
+        }
+        let qk = b.node("MatMul", "qk", &[&heads[0], &heads[1]], vec![]);
+        let sm = b.node(
+            "Softmax",
+            "softmax",
+            &[&qk],
+            vec![Attribute::int("axis", -1)],
+        );
+        let av = b.node("MatMul", "av", &[&sm, &heads[2]], vec![]);
+        let t = b.node(
+            "Transpose",
+            "o.t",
+            &[&av],
+            vec![Attribute::ints("perm", vec![0, 2, 1, 3])],
+        );
+        let shape = b.ints("o.shape", &[1, s, d]);
+        let r = b.node("Reshape", "o.reshape", &[&t, &shape], vec![]);
+        let wo = b.weight("o.w", &[d, d]);
+        let o = b.node("MatMul", "o.mm", &[&r, &wo], vec![]);
+        let res = b.node("Add", "res", &["x", &o], vec![]);
+        let w1 = b.weight("ffn1.w", &[d, 32]);
+        let b1 = b.weight("ffn1.b", &[32]);
+        let f1 = b.node("MatMul", "ffn1", &[&res, &w1], vec![]);
+        let f1b = b.node("Add", "ffn1.add", &[&f1, &b1], vec![]);
+        let gelu = b.node("Erf", "erf", &[&f1b], vec![]);
+        let gm = b.node("Mul", "gelu", &[&f1b, &gelu], vec![]);
+        let w2 = b.weight("ffn2.w", &[32, d]);
+        let f2 = b.node("MatMul", "ffn2", &[&gm, &w2], vec![]);
+        let y = b.node("Add", "res2", &[&res, &f2], vec![]);
+        b.finish(&y)
+    }
+
+    #[test]
+    fn ffn_hidden_units_and_whole_attention_heads() {
+        let m = encoder();
+        let (out, rep) = prune(&m, serde_json::json!({"ratio": 0.5}));
+        assert_eq!(dims(&out, "ffn1.w"), [16, 16]);
+        assert_eq!(dims(&out, "ffn2.w"), [16, 16]);
+        // Two of four heads of 4: Q/K/V columns, biases, the output projection's rows.
+        assert_eq!(dims(&out, "q.w"), [16, 8]);
+        assert_eq!(dims(&out, "k.b"), [8]);
+        assert_eq!(dims(&out, "o.w"), [8, 16]);
+        let shapes: Vec<Vec<i64>> = out
+            .graph
+            .nodes()
+            .filter(|(_, n)| n.op_type() == "Reshape")
+            .map(|(_, n)| const_ints(&out.graph, &n.inputs[1]).unwrap())
+            .collect();
+        assert!(shapes.contains(&vec![1, 5, 2, 4]), "{shapes:?}");
+        assert!(shapes.contains(&vec![1, 5, 8]), "{shapes:?}");
+        // The residual stream reaches the graph input and output: whole.
+        assert!(rep.details.iter().any(|d| d["left_whole"]
+            .as_str()
+            .is_some_and(|w| w.contains("graph"))));
+    }
+
+    #[test]
+    fn a_macs_target_is_met_across_groups() {
+        let m = chain();
+        let (_, rep) = prune(&m, serde_json::json!({"target": {"macs": 0.6}}));
+        let (a, b) = (
+            rep.counters["macs_after"] as f64,
+            rep.counters["macs_before"] as f64,
+        );
+        assert!(a <= 0.6 * b, "{a} {b}");
+        // Not much further than needed.
+        assert!(a > 0.4 * b, "{a} {b}");
+    }
+
+    #[test]
+    fn unreachable_targets_say_how_close_and_why() {
+        let m = chain();
+        let (_, rep) = prune(&m, serde_json::json!({"target": {"macs": 0.01}}));
+        assert!(
+            rep.warnings
+                .iter()
+                .any(|w| w.contains("cannot be reached") && w.contains("graph output")),
+            "{:?}",
+            rep.warnings
+        );
+    }
+
+    #[test]
+    fn min_channels_round_to_exclude_and_overrides() {
+        let m = chain();
+        let (out, _) = prune(&m, serde_json::json!({"ratio": 0.9, "min_channels": 3}));
+        assert_eq!(dims(&out, "conv1.w")[0], 3);
+        let (out, _) = prune(&m, serde_json::json!({"ratio": 0.5, "round_to": 3}));
+        assert_eq!(dims(&out, "conv1.w")[0], 6);
+        let (out, rep) = prune(
+            &m,
+            serde_json::json!({"ratio": 0.5, "exclude_nodes": ["conv2"]}),
+        );
+        assert_eq!(dims(&out, "conv1.w")[0], 8);
+        assert!(rep.details.iter().any(|d| d["left_whole"]
+            .as_str()
+            .is_some_and(|w| w.contains("exclude_nodes[0]"))));
+        let (out, _) = prune(
+            &m,
+            serde_json::json!({"ratio": 0.5, "overrides": {"conv1": {"ratio": 0.25}}}),
+        );
+        assert_eq!(dims(&out, "conv1.w")[0], 6);
+        let (out, _) = prune(&m, serde_json::json!({"ratio": 0.5, "importance": "l2"}));
+        assert_eq!(dims(&out, "conv1.w")[0], 4);
+    }
+
+    #[test]
+    fn ops_without_a_rule_leave_their_group_whole() {
+        let mut b = B::new(&[1, 3, 6, 6]);
+        let c0 = b.conv("c0", "x", 3, 8, 3);
+        let lrn = b.node("LRN", "lrn", &[&c0], vec![Attribute::int("size", 3)]);
+        let y = b.conv("c1", &lrn, 8, 2, 1);
+        let m = b.finish(&y);
+        let (out, rep) = prune(&m, serde_json::json!({"ratio": 0.5}));
+        assert_eq!(dims(&out, "c0.w")[0], 8);
+        assert!(
+            rep.details.iter().any(|d| d["left_whole"]
+                .as_str()
+                .is_some_and(|w| w.contains("LRN has no pruning rule"))),
+            "{:?}",
+            rep.details
+        );
+    }
+
+    #[test]
+    fn same_bytes_on_one_and_two_threads() {
+        let m = encoder();
+        let mut a = m.clone();
+        let mut b = m.clone();
+        let c = cfg(serde_json::json!({"target": {"params": 0.7}}));
+        let ctx = |t| PassContext {
+            threads: Some(t),
+            ..Default::default()
+        };
+        run(&c, &mut a, &ctx(1)).unwrap();
+        run(&c, &mut b, &ctx(2)).unwrap();
+        assert_eq!(crate::onnx::encode(&a), crate::onnx::encode(&b));
+    }
+
+    #[test]
+    fn bad_options_name_their_yaml_path() {
+        let e = |v: serde_json::Value| crate::passes::parse_config::<Prune>(&v).unwrap_err();
+        let r = e(serde_json::json!({"ratio": 1.0}));
+        assert_eq!(
+            (r.field.as_str(), r.message.as_str()),
+            ("ratio", "must be in [0, 1)")
+        );
+        assert_eq!(
+            e(serde_json::json!({"target": {"macs": 0.0}})).field,
+            "target.macs"
+        );
+        let r = e(serde_json::json!({"importance": "l3"}));
+        assert_eq!(r.field, "importance");
+        assert!(r.message.contains("did you mean `l1`"), "{}", r.message);
+        assert_eq!(
+            e(serde_json::json!({"ratio": 0.3, "target": {"macs": 0.5}})).field,
+            "target"
+        );
+        let r = e(serde_json::json!({"ratio": 0.3, "sparsity": 0.5}));
+        assert!(
+            r.message.contains("applies to granularity"),
+            "{}",
+            r.message
+        );
+        assert_eq!(
+            e(serde_json::json!({"overrides": {"a": {"ratio": 2.0}}})).field,
+            "overrides.a.ratio"
+        );
+    }
+}
