@@ -69,19 +69,23 @@ fn main() {
         let t0 = Instant::now();
         let tr = linalg::truncated_svd(&a, rows, cols, RANK, 2).expect("truncated svd");
         let faer_trunc = t0.elapsed().as_secs_f64();
-        let err = tr
-            .s
-            .iter()
-            .zip(&full.s)
-            .map(|(x, y)| ((x - y) / y).abs())
-            .fold(0.0, f64::max);
+        let err =
+            tr.s.iter()
+                .zip(&full.s)
+                .map(|(x, y)| ((x - y) / y).abs())
+                .fold(0.0, f64::max);
         let (np_full, np_trunc, np_err, blas) = numpy(&npy, RANK);
-        rows_out.push((rows, cols, faer_full, np_full, faer_trunc, np_trunc, err, np_err, blas));
+        rows_out.push((
+            rows, cols, faer_full, np_full, faer_trunc, np_trunc, err, np_err, blas,
+        ));
     }
     println!("| matrix | method | whittle (faer f64, 1 thread) s | numpy (LAPACK f32, 1 thread) s | numpy / whittle | σ rel. error vs thin SVD (whittle / numpy) |");
     println!("|---|---|---|---|---|---|");
     for (r, c, ff, nf, ft, nt, e, ne, _) in &rows_out {
-        println!("| {r}×{c} | thin SVD (full) | {ff:.2} | {nf:.2} | {:.2} | – |", nf / ff);
+        println!(
+            "| {r}×{c} | thin SVD (full) | {ff:.2} | {nf:.2} | {:.2} | – |",
+            nf / ff
+        );
         println!(
             "| {r}×{c} | truncated r={RANK} (randomized, q=2) | {ft:.2} | {nt:.2} | {:.2} | {e:.1e} / {ne:.1e} |",
             nt / ft
@@ -140,7 +144,8 @@ print(full, trunc, err, blas, sep="\t")
 "#;
 
 fn numpy(npy: &PathBuf, r: usize) -> (f64, f64, f64, String) {
-    let python = std::env::var("WHITTLE_BENCH_PYTHON").unwrap_or_else(|_| ".venv-export/bin/python".into());
+    let python =
+        std::env::var("WHITTLE_BENCH_PYTHON").unwrap_or_else(|_| ".venv-export/bin/python".into());
     let out = Command::new(&python)
         .args(["-c", NUMPY])
         .arg(npy)
@@ -155,7 +160,10 @@ fn numpy(npy: &PathBuf, r: usize) -> (f64, f64, f64, String) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let f: Vec<&str> = text.trim().split('\t').collect();
     if !out.status.success() || f.len() != 4 {
-        panic!("numpy failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+        panic!(
+            "numpy failed: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     (
         f[0].parse().unwrap(),

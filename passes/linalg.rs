@@ -125,7 +125,13 @@ pub fn svd(a: &[f64], rows: usize, cols: usize) -> Option<Svd> {
 /// instead of the thin SVD's `O(rows·cols·min(rows, cols))`. Falls back to
 /// [`svd`] (then truncated) when `r + p ≥ min(rows, cols)`. `None` when `a`
 /// holds non-finite values or an SVD does not converge.
-pub fn truncated_svd(a: &[f64], rows: usize, cols: usize, r: usize, power_iterations: usize) -> Option<Svd> {
+pub fn truncated_svd(
+    a: &[f64],
+    rows: usize,
+    cols: usize,
+    r: usize,
+    power_iterations: usize,
+) -> Option<Svd> {
     let k = rows.min(cols);
     let r = r.min(k);
     let l = r + 10.min(k - r);
@@ -196,7 +202,10 @@ struct Gaussian {
 
 impl Gaussian {
     fn new(seed: u64) -> Gaussian {
-        Gaussian { state: seed, spare: None }
+        Gaussian {
+            state: seed,
+            spare: None,
+        }
     }
 
     fn uniform(&mut self) -> f64 {
@@ -346,7 +355,12 @@ mod tests {
         let t = truncated_svd(&a, rows, cols, r, 2).unwrap();
         assert_eq!((t.k(), t.u.len(), t.vt.len()), (r, rows * r, r * cols));
         for i in 0..r {
-            assert!((t.s[i] - full.s[i]).abs() < 1e-6 * full.s[0], "{i}: {} vs {}", t.s[i], full.s[i]);
+            assert!(
+                (t.s[i] - full.s[i]).abs() < 1e-6 * full.s[0],
+                "{i}: {} vs {}",
+                t.s[i],
+                full.s[i]
+            );
         }
         // Deterministic.
         assert_eq!(t, truncated_svd(&a, rows, cols, r, 2).unwrap());

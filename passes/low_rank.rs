@@ -5,11 +5,15 @@
 //! MatMul   before:  x ─ MatMul(W: K×N) ─ y
 //!          after:   x ─ MatMul(A: K×r) ─ t ─ MatMul(B: r×N) ─ y
 //! Gemm     before:  x ─ Gemm(B, C; transA, transB, α, β) ─ y
-//!          after:   x ─ Gemm(A: K×r; transA, α) ─ t ─ Gemm(B: r×N, C; β) ─ y
+//!          after:   x ─ Gemm(A: K×r; transA, α) ─ t ─ Gemm(B: r×N, β·C) ─ y
 //! Conv     before:  x ─ Conv(W: O×C×kh×kw, b) ─ y
 //! channel  after:   x ─ Conv(r×C×kh×kw; strides, pads, dilations) ─ t ─ Conv(O×r×1×1, b) ─ y
 //! spatial  after:   x ─ Conv(r×C×kh×1) ─ t ─ Conv(O×r×1×kw, b) ─ y
 //! ```
+//!
+//! (A constant `C` takes `β` into its values, rounded once to f32, and the
+//! second Gemm has `β = 1`: onnxruntime's integer Gemm needs that; a `C`
+//! computed at run time keeps `β`.)
 //!
 //! **Math.** Every split layer is written as `y = x · W` with `W` a `K × N`
 //! matrix: the weight itself for MatMul, `op(B)` for Gemm, and for a Conv
@@ -86,7 +90,9 @@ use serde::{Deserialize, Serialize};
 
 use super::linalg;
 use super::quantize::NodeMatch;
-use super::{parse_config, Config, ConfigError, Pass, PassContext, PassError, PassInfo, PassReport};
+use super::{
+    parse_config, Config, ConfigError, Pass, PassContext, PassError, PassInfo, PassReport,
+};
 use crate::ir::{AttrValue, Attribute, DataType, Graph, Model, Node, NodeId, Tensor};
 
 mod whiten;
@@ -255,10 +261,7 @@ impl Config for LowRank {
             self.target.is_some(),
         ];
         if chosen.iter().filter(|c| **c).count() > 1 {
-            return Err(bad(
-                "",
-                "set at most one of rank, energy, ratio and target",
-            ));
+            return Err(bad("", "set at most one of rank, energy, ratio and target"));
         }
         if self.rank == Some(0) {
             return Err(bad("rank", "must be at least 1"));
@@ -266,10 +269,14 @@ impl Config for LowRank {
         check_fraction("energy", self.energy, true)?;
         check_fraction("ratio", self.ratio, false)?;
         if let Some(t) = &self.target {
-            let n = [t.params.is_some(), t.macs.is_some(), t.min_sqnr_db.is_some()]
-                .iter()
-                .filter(|c| **c)
-                .count();
+            let n = [
+                t.params.is_some(),
+                t.macs.is_some(),
+                t.min_sqnr_db.is_some(),
+            ]
+            .iter()
+            .filter(|c| **c)
+            .count();
             if n != 1 {
                 return Err(bad(
                     "target",
@@ -299,7 +306,12 @@ impl Config for LowRank {
                 ));
             }
         }
-        for (i, m) in self.include_nodes.iter().chain(&self.exclude_nodes).enumerate() {
+        for (i, m) in self
+            .include_nodes
+            .iter()
+            .chain(&self.exclude_nodes)
+            .enumerate()
+        {
             if let NodeMatch::Regex(r) = m {
                 if let Err(e) = regex::Regex::new(&r.regex) {
                     let (list, k) = if i < self.include_nodes.len() {
@@ -356,9 +368,13 @@ enum Kind {
         alpha: f32,
     },
     /// Conv, channel split. `dims` is the weight shape `[O, C, k…]`.
-    Channel { dims: Vec<usize> },
+    Channel {
+        dims: Vec<usize>,
+    },
     /// Conv, spatial split of a `[O, C, kh, kw]` weight.
-    Spatial { dims: [usize; 4] },
+    Spatial {
+        dims: [usize; 4],
+    },
 }
 
 /// A layer that may be split.
@@ -454,7 +470,12 @@ impl Pass for LowRank {
         let shapes = crate::inspect::value_shapes(&model.graph);
         let layers = self.candidates(&model.graph, &shapes, &mut report);
         let mut samples = None;
-        if data_aware || self.target.as_ref().is_some_and(|t| t.min_sqnr_db.is_some()) {
+        if data_aware
+            || self
+                .target
+                .as_ref()
+                .is_some_and(|t| t.min_sqnr_db.is_some())
+        {
             samples = Some(whiten::load_samples(model, ctx, self.samples, &mut report)?);
         }
         let grams = match (&samples, data_aware) {
@@ -466,7 +487,14 @@ impl Pass for LowRank {
             let gram = grams.get(&layer.node);
             spectra.push(self.spectrum(layer, gram, data_aware, &mut report)?);
         }
-        let ranks = self.choose_ranks(model, ctx, &layers, &spectra, samples.as_deref(), &mut report)?;
+        let ranks = self.choose_ranks(
+            model,
+            ctx,
+            &layers,
+            &spectra,
+            samples.as_deref(),
+            &mut report,
+        )?;
         apply_all(model, &layers, &spectra, &ranks, &grams, &mut report)?;
         Ok(report)
     }
@@ -631,7 +659,9 @@ impl LowRank {
                     .and_then(|x| x.mode)
                     .unwrap_or(self.mode);
                 let out = out_shape();
-                let pix = out.as_ref().map(|s| s.iter().skip(2).product::<u64>() * s[0]);
+                let pix = out
+                    .as_ref()
+                    .map(|s| s.iter().skip(2).product::<u64>() * s[0]);
                 match mode {
                     ConvMode::Channel => {
                         // W[(c,i,j), o] = w[o, c, i, j].
@@ -644,14 +674,18 @@ impl LowRank {
                             return Err("a spatial split needs a 2-D kernel".into());
                         };
                         if kh < 2 || kw < 2 {
-                            return Err(format!("a spatial split needs kh, kw > 1 (kernel {kh}×{kw})"));
+                            return Err(format!(
+                                "a spatial split needs kh, kw > 1 (kernel {kh}×{kw})"
+                            ));
                         }
                         let auto = match n.attr("auto_pad").map(|a| &a.value) {
                             Some(AttrValue::String(s)) => String::from_utf8_lossy(s).into_owned(),
                             _ => "NOTSET".into(),
                         };
                         if auto != "NOTSET" && auto != "VALID" {
-                            return Err(format!("a spatial split needs explicit pads (auto_pad {auto})"));
+                            return Err(format!(
+                                "a spatial split needs explicit pads (auto_pad {auto})"
+                            ));
                         }
                         // M[(c,i), (j,o)] = w[o, c, i, j].
                         let (rows, cols) = (c * kh, kw * o);
@@ -667,7 +701,9 @@ impl LowRank {
                             }
                         }
                         (layer.k, layer.n, layer.w) = (rows, cols, m);
-                        layer.kind = Kind::Spatial { dims: [o, c, kh, kw] };
+                        layer.kind = Kind::Spatial {
+                            dims: [o, c, kh, kw],
+                        };
                         // The first Conv's output: the height of y, the width of x.
                         let x = shape(0);
                         layer.positions = match (&out, x) {
@@ -795,7 +831,11 @@ impl LowRank {
                 target_line(report, "params", f, &a);
                 a.ranks
             } else if let Some(f) = t.macs {
-                if let Some(l) = global.iter().map(|&i| &layers[i]).find(|l| l.positions.is_none()) {
+                if let Some(l) = global
+                    .iter()
+                    .map(|&i| &layers[i])
+                    .find(|l| l.positions.is_none())
+                {
                     return Err(PassError::Node {
                         node: l.label.clone(),
                         message: "target.macs needs its output shape, which is not known; pin symbolic dims or use target.params".into(),
@@ -807,7 +847,16 @@ impl LowRank {
             } else {
                 let min_db = t.min_sqnr_db.unwrap_or_default();
                 let samples = samples.unwrap_or_default();
-                whiten::search_sqnr(model, ctx, layers, spectra, samples, min_db, &|f| alloc(f, false).ranks, report)?
+                whiten::search_sqnr(
+                    model,
+                    ctx,
+                    layers,
+                    spectra,
+                    samples,
+                    min_db,
+                    &|f| alloc(f, false).ranks,
+                    report,
+                )?
             };
             for (&i, r) in global.iter().zip(chosen) {
                 ranks[i] = r;
@@ -1119,7 +1168,14 @@ fn truncate_label(s: &str) -> String {
     if s.chars().count() <= 40 {
         s.to_string()
     } else {
-        let tail: String = s.chars().rev().take(39).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = s
+            .chars()
+            .rev()
+            .take(39)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         format!("…{tail}")
     }
 }
@@ -1131,9 +1187,17 @@ fn rewrite(g: &mut Graph, layer: &Layer, r: usize, a: &[f32], b: &[f32]) -> Resu
     let (k, n) = (layer.k, layer.n);
     let first_w = g.unique_name(&format!("{}.lr_a", layer.weight));
     let second_w = g.unique_name(&format!("{}.lr_b", layer.weight));
-    let mid = g.unique_name(&format!("{}.lr_t", node.outputs.first().map_or("", String::as_str)));
+    let mid = g.unique_name(&format!(
+        "{}.lr_t",
+        node.outputs.first().map_or("", String::as_str)
+    ));
     let first_name = format!("{}.lr_a", node.name());
-    let mut first = Node::with_io(node.op_type(), &first_name, &[node.inputs[0].as_str(), &first_w], &[&mid]);
+    let mut first = Node::with_io(
+        node.op_type(),
+        &first_name,
+        &[node.inputs[0].as_str(), &first_w],
+        &[&mid],
+    );
     let (wa, wb): (Tensor, Tensor);
     let mut second = node.clone();
     second.inputs[0] = mid.clone();
@@ -1152,7 +1216,25 @@ fn rewrite(g: &mut Graph, layer: &Layer, r: usize, a: &[f32], b: &[f32]) -> Resu
             if *alpha != 1.0 {
                 first.set_attr(Attribute::float("alpha", *alpha));
             }
-            second.attributes.retain(|x| !matches!(x.name(), "transA" | "transB" | "alpha"));
+            second
+                .attributes
+                .retain(|x| !matches!(x.name(), "transA" | "transB" | "alpha"));
+            // β folds into a constant C (onnxruntime's integer Gemm wants β = 1).
+            let beta = node.attr_float("beta").unwrap_or(1.0);
+            let c = node.inputs.get(2).filter(|c| !c.is_empty());
+            if let Some(ct) = c
+                .and_then(|c| g.initializer(c))
+                .filter(|t| t.dtype() == DataType::Float)
+            {
+                if beta != 1.0 && !g.is_input(ct.name()) {
+                    let scaled: Vec<f32> = ct.to_f32()?.iter().map(|v| v * beta).collect();
+                    let name = g.unique_name(&format!("{}.lr_beta", ct.name()));
+                    let t = Tensor::from_f32(&name, ct.dims.clone(), &scaled);
+                    g.add_initializer(t);
+                    second.inputs[2] = name;
+                    second.attributes.retain(|x| x.name() != "beta");
+                }
+            }
         }
         Kind::Channel { dims } => {
             // First: r filters over the same patches: [r, C, k…] = Aᵀ.

@@ -70,7 +70,11 @@ fn greedy_allocation_cuts_the_cheapest_directions_first() {
     assert_eq!(a.after, 80);
     // round_to keeps ranks on the grid.
     let a = allocate(&layers, &spectra, &[0, 1], 0.6, false, 4);
-    assert!(a.ranks.iter().flatten().all(|r| r % 4 == 0), "{:?}", a.ranks);
+    assert!(
+        a.ranks.iter().flatten().all(|r| r % 4 == 0),
+        "{:?}",
+        a.ranks
+    );
 }
 
 #[test]

@@ -59,7 +59,9 @@ pub fn grams(
         .filter(|l| {
             matches!(
                 l.kind,
-                super::Kind::MatMul | super::Kind::Gemm { trans_a: false, .. } | super::Kind::Channel { .. }
+                super::Kind::MatMul
+                    | super::Kind::Gemm { trans_a: false, .. }
+                    | super::Kind::Channel { .. }
             )
         })
         .map(|l| PlannedWeight {
