@@ -52,8 +52,10 @@ fn oracle(pairs: &str, dir: &Path, expected: usize) {
 
 #[test]
 fn fixtures_round_trip_losslessly() {
+    // The trained models of fixtures/trained/ too (their stems differ from the others').
     let models: Vec<(String, PathBuf)> = common::fixture_models()
         .into_iter()
+        .chain(common::trained_models())
         .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), p))
         .collect();
     let tmp = tempfile::tempdir().unwrap();

@@ -23,39 +23,6 @@ use whittle::onnx;
 const RTOL: f64 = 1e-3;
 const ATOL: f64 = 1e-7;
 
-/// Compares one output; `None` when close enough, else what differs.
-fn allclose(actual: &Array, expected: &Array, rtol: f64, atol: f64) -> Option<String> {
-    if actual.shape != expected.shape {
-        return Some(format!(
-            "shape {:?}, expected {:?}",
-            actual.shape, expected.shape
-        ));
-    }
-    if actual.dtype != expected.dtype {
-        return Some(format!(
-            "type {}, expected {}",
-            actual.dtype, expected.dtype
-        ));
-    }
-    let (a, e) = (actual.to_f64(), expected.to_f64());
-    let mut bad = 0usize;
-    let mut worst = 0.0f64;
-    for (&x, &y) in a.iter().zip(&e) {
-        let ok = if x.is_nan() || y.is_nan() {
-            x.is_nan() && y.is_nan()
-        } else if x.is_infinite() || y.is_infinite() {
-            x == y
-        } else {
-            (x - y).abs() <= atol + rtol * y.abs()
-        };
-        if !ok {
-            bad += 1;
-            worst = worst.max((x - y).abs());
-        }
-    }
-    (bad > 0).then(|| format!("{bad} of {} elements differ (max abs {worst:.3e})", a.len()))
-}
-
 // ---------------------------------------------------------------- fixtures
 
 /// Runs `model` on its `.data.npz` and compares with its `.ref.npz`.
@@ -86,7 +53,9 @@ fn check_fixture(model_path: &Path, rtol: f64, atol: f64) -> Result<(), String> 
             .get(name)
             .ok_or_else(|| format!("{stem}: no reference for output {name:?}"))?;
         for (i, out) in outputs.iter().enumerate() {
-            if let Some(d) = allclose(&out[name_ix], &expected.index_first_axis(i), rtol, atol) {
+            if let Some(d) =
+                common::allclose(&out[name_ix], &expected.index_first_axis(i), rtol, atol)
+            {
                 return Err(format!("{stem}: output {name:?}, sample {i}: {d}"));
             }
         }
@@ -221,7 +190,7 @@ fn run_case(dir: &Path) -> Result<(), String> {
         })?;
         for (k, expected) in outs.iter().enumerate() {
             let actual = got.get(k).ok_or("fewer outputs than expected")?;
-            if let Some(d) = allclose(actual, expected, RTOL, ATOL) {
+            if let Some(d) = common::allclose(actual, expected, RTOL, ATOL) {
                 // Keep the committed reason stable: no numbers.
                 let kind = if d.starts_with("shape") {
                     "wrong shape"
