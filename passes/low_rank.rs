@@ -54,7 +54,7 @@
 //! Wang et al. 2024). What matters is the layer's output on real inputs,
 //! `E‖x(W − Ŵ)‖² = tr((W − Ŵ)ᵀ H (W − Ŵ))` with `H = E[x xᵀ]` the second
 //! moment of the layer's input rows (im2col patches for Conv, gathered by
-//! quantize's GPTQ code, one shared piece). With `H = L Lᵀ` (Cholesky,
+//! the shared `passes/calib/` moments, the ones GPTQ uses). With `H = L Lᵀ` (Cholesky,
 //! after damping `H + λI`, `λ = damping · mean diag H`, raised tenfold
 //! until the factorization succeeds: rank-deficient moments), this is
 //! `‖Lᵀ W − Lᵀ Ŵ‖²_F`: the SVD of the *whitened* `Lᵀ W = U Σ Vᵀ`, truncated,

@@ -1,5 +1,5 @@
 //! The data-aware half of `low-rank`: the layer inputs' second moments
-//! (gathered by the shared GPTQ code), their Cholesky whitening, the error
+//! (gathered by the shared `calib` moments), their Cholesky whitening, the error
 //! of the written factors on those moments, and the `min_sqnr_db` search.
 
 use std::collections::BTreeMap;
@@ -8,8 +8,7 @@ use super::{linalg, Layer, Spectrum};
 use crate::data::Sample;
 use crate::exec::{metrics, run_samples, Runner};
 use crate::ir::{Model, NodeId};
-use crate::passes::quantize::gptq;
-use crate::passes::quantize::plan::PlannedWeight;
+use crate::passes::calib;
 use crate::passes::{PassContext, PassError, PassReport};
 
 /// One layer's input second moments, `Σ x xᵀ` over the observed rows (or
@@ -18,70 +17,57 @@ pub struct LayerGram {
     pub h: Vec<f64>,
 }
 
-/// The calibration samples: `--data`, or seeded synthetic inputs (warned).
+/// The samples for the moments and the `min_sqnr_db` search (shared calib code).
 pub fn load_samples(
     model: &Model,
     ctx: &PassContext,
     limit: usize,
     report: &mut PassReport,
 ) -> Result<Vec<Sample>, PassError> {
-    let inputs = crate::data::InputSpec::of_graph(&model.graph).map_err(PassError::Model)?;
-    let loaded = match &ctx.data {
-        Some(path) => crate::data::load_samples(path, &inputs, &ctx.dims, Some(limit)),
-        None => {
-            let spec = crate::data::SyntheticSpec::default();
-            let s = crate::data::synthetic(&inputs, &ctx.dims, limit.min(16), &spec);
-            if let Ok(s) = &s {
-                report.warnings.push(format!(
-                    "measured on {}: pass --data with real inputs",
-                    s.source
-                ));
-            }
-            s
-        }
-    };
-    loaded
-        .map(|s| s.samples)
-        .map_err(|e| PassError::Model(format!("low-rank data: {e}")))
+    calib::load_samples(model, ctx, Some(limit), report)
 }
 
 /// The second moments of every whitenable layer's input (dense layers and
-/// channel-split Convs), by node.
+/// channel-split Convs), by node, through the shared `calib` moments.
 pub fn grams(
     model: &Model,
     layers: &[Layer],
     samples: &[Sample],
     ctx: &PassContext,
 ) -> Result<BTreeMap<NodeId, LayerGram>, PassError> {
-    // One job per layer: a weight read by several nodes is split per node.
-    let planned: Vec<PlannedWeight> = layers
-        .iter()
-        .filter(|l| {
-            matches!(
-                l.kind,
-                super::Kind::MatMul
-                    | super::Kind::Gemm { trans_a: false, .. }
-                    | super::Kind::Channel { .. }
-            )
-        })
-        .map(|l| PlannedWeight {
-            node: l.node,
-            slot: 1,
-            name: l.weight.clone(),
-            axis: None,
-        })
-        .collect();
+    let g = &model.graph;
+    let mut jobs = Vec::new();
+    let mut owners = Vec::new();
+    for l in layers.iter().filter(|l| {
+        matches!(
+            l.kind,
+            super::Kind::MatMul
+                | super::Kind::Gemm { trans_a: false, .. }
+                | super::Kind::Channel { .. }
+        )
+    }) {
+        if let Some(job) = calib::MomentJob::for_node(g, l.node) {
+            jobs.push(job);
+            owners.push(l);
+        }
+    }
     let threads = ctx.threads.unwrap_or_else(crate::exec::default_threads);
-    let by_weight = gptq::grams(model, &planned, samples, ctx.model_dir.as_deref(), threads)?;
+    let moments = calib::second_moments(
+        model,
+        &jobs,
+        samples,
+        ctx.model_dir.as_deref(),
+        threads,
+        calib::MomentLimits::default(),
+        ctx.progress,
+    )?;
     let mut out = BTreeMap::new();
-    for l in layers {
-        let Some(g) = by_weight.get(&(l.weight.clone(), None)) else {
-            continue;
-        };
-        if g.layout.row_len() != l.k || g.h.len() != 1 {
+    for (l, m) in owners.into_iter().zip(moments) {
+        let Some(m) = m else { continue };
+        if m.layout.row_len() != l.k || m.h.len() != 1 {
             continue;
         }
-        out.insert(l.node, LayerGram { h: g.h[0].clone() });
+        out.insert(l.node, LayerGram { h: m.mean(0) });
     }
     Ok(out)
 }
