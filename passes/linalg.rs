@@ -115,6 +115,121 @@ pub fn svd(a: &[f64], rows: usize, cols: usize) -> Option<Svd> {
     })
 }
 
+/// A truncated SVD keeping the `r` largest singular triplets of the row-major
+/// `rows × cols` matrix `a`, by randomized subspace iteration (Halko,
+/// Martinsson and Tropp 2011, algorithm 4.4): `Y = A Ω` for a Gaussian
+/// `cols × (r + p)` test matrix `Ω` (oversampling `p = min(10, ...)`), `q`
+/// power iterations re-orthonormalised by QR each half step, then the thin
+/// SVD of the small `(r + p) × cols` matrix `Qᵀ A`. `Ω` comes from a fixed
+/// seeded generator, so the result is deterministic. Cost `O(rows·cols·(r+p)·(2q+2))`
+/// instead of the thin SVD's `O(rows·cols·min(rows, cols))`. Falls back to
+/// [`svd`] (then truncated) when `r + p ≥ min(rows, cols)`. `None` when `a`
+/// holds non-finite values or an SVD does not converge.
+pub fn truncated_svd(
+    a: &[f64],
+    rows: usize,
+    cols: usize,
+    r: usize,
+    power_iterations: usize,
+) -> Option<Svd> {
+    let k = rows.min(cols);
+    let r = r.min(k);
+    let l = r + 10.min(k - r);
+    if l >= k || r == 0 {
+        let mut d = svd(a, rows, cols)?;
+        truncate(&mut d, r.max(1).min(k));
+        return Some(d);
+    }
+    if a.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let am = to_mat(a, rows, cols);
+    let mut rng = Gaussian::new(0x5eed_1234_abcd_0001);
+    let omega = Mat::from_fn(cols, l, |_, _| rng.next());
+    let orth = |m: Mat<f64>| m.as_ref().qr().compute_thin_Q();
+    let mut q = orth(&am * &omega);
+    for _ in 0..power_iterations {
+        let z = orth(am.transpose() * &q);
+        q = orth(&am * &z);
+    }
+    let b = q.transpose() * &am;
+    let d = b.as_ref().thin_svd().ok()?;
+    let u = &q * d.U();
+    let s: Vec<f64> = (0..r).map(|i| d.S()[i]).collect();
+    let v = d.V();
+    let mut vt = vec![0f64; r * cols];
+    for i in 0..r {
+        for j in 0..cols {
+            vt[i * cols + j] = v[(j, i)];
+        }
+    }
+    let mut uo = vec![0f64; rows * r];
+    for i in 0..rows {
+        for j in 0..r {
+            uo[i * r + j] = u[(i, j)];
+        }
+    }
+    Some(Svd {
+        u: uo,
+        s,
+        vt,
+        rows,
+        cols,
+    })
+}
+
+/// Keeps the first `r` singular triplets of `d`.
+pub fn truncate(d: &mut Svd, r: usize) {
+    let k = d.k();
+    if r >= k {
+        return;
+    }
+    let mut u = Vec::with_capacity(d.rows * r);
+    for i in 0..d.rows {
+        u.extend_from_slice(&d.u[i * k..i * k + r]);
+    }
+    d.u = u;
+    d.s.truncate(r);
+    d.vt.truncate(r * d.cols);
+}
+
+/// Standard normal numbers from a fixed seed (SplitMix64 + Box–Muller): the
+/// test matrices of [`truncated_svd`], identical on every machine.
+struct Gaussian {
+    state: u64,
+    spare: Option<f64>,
+}
+
+impl Gaussian {
+    fn new(seed: u64) -> Gaussian {
+        Gaussian {
+            state: seed,
+            spare: None,
+        }
+    }
+
+    fn uniform(&mut self) -> f64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        // (0, 1]: never 0, so the logarithm is finite.
+        ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+
+    fn next(&mut self) -> f64 {
+        if let Some(v) = self.spare.take() {
+            return v;
+        }
+        let (u1, u2) = (self.uniform(), self.uniform());
+        let radius = (-2.0 * u1.ln()).sqrt();
+        let angle = 2.0 * std::f64::consts::PI * u2;
+        self.spare = Some(radius * angle.sin());
+        radius * angle.cos()
+    }
+}
+
 /// The eigendecomposition of the symmetric `n × n` matrix `a` (lower
 /// triangle read): eigenvalues in non-decreasing order and the matching
 /// eigenvectors as the columns of a row-major `n × n` matrix.
@@ -218,6 +333,41 @@ mod tests {
         for (x, y) in back.iter().zip(&a) {
             assert!((x - y).abs() < 1e-9);
         }
+    }
+
+    #[test]
+    fn truncated_svd_matches_the_thin_svd_on_the_leading_triplets() {
+        // A decaying spectrum: σ_i = 0.7^i, random-looking orthogonal-ish factors.
+        let (rows, cols, r) = (60, 40, 8);
+        let mut rng = Gaussian::new(7);
+        let x: Vec<f64> = (0..rows * cols).map(|_| rng.next()).collect();
+        let base = svd(&x, rows, cols).unwrap();
+        let mut a = vec![0f64; rows * cols];
+        for k in 0..base.k() {
+            let sigma = 0.7f64.powi(k as i32);
+            for i in 0..rows {
+                for j in 0..cols {
+                    a[i * cols + j] += base.u[i * base.k() + k] * sigma * base.vt[k * cols + j];
+                }
+            }
+        }
+        let full = svd(&a, rows, cols).unwrap();
+        let t = truncated_svd(&a, rows, cols, r, 2).unwrap();
+        assert_eq!((t.k(), t.u.len(), t.vt.len()), (r, rows * r, r * cols));
+        for i in 0..r {
+            assert!(
+                (t.s[i] - full.s[i]).abs() < 1e-6 * full.s[0],
+                "{i}: {} vs {}",
+                t.s[i],
+                full.s[i]
+            );
+        }
+        // Deterministic.
+        assert_eq!(t, truncated_svd(&a, rows, cols, r, 2).unwrap());
+        // Falls back to the thin SVD when r + p covers the matrix.
+        let small = truncated_svd(&a, rows, cols, 35, 2).unwrap();
+        assert_eq!(small.k(), 35);
+        assert_eq!(small.s[..], full.s[..35]);
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod distill_head;
 pub mod eliminate_dead;
 mod fold_batchnorm;
 pub mod linalg;
+mod low_rank;
 pub mod measure;
 mod prune;
 mod quantize;
@@ -179,6 +180,7 @@ pub static PASSES: &[PassInfo] = &[
     distill_head::INFO,
     eliminate_dead::INFO,
     fold_batchnorm::INFO,
+    low_rank::INFO,
     prune::INFO,
     quantize::INFO,
     specialize::INFO,

@@ -131,6 +131,18 @@ fn count_ops(g: &Graph, ops: &mut BTreeMap<String, usize>, sub: &mut usize, nest
 
 /// Propagates shapes through the main graph and sums the MACs of compute ops.
 fn estimate_macs(g: &Graph) -> (u64, usize) {
+    let (macs, unknown, _) = propagate(g);
+    (macs, unknown)
+}
+
+/// The shape of every value of the main graph that is declared or that
+/// propagates through common ops (symbolic dims taken as 1), as `inspect`
+/// sees them: passes use it to count MACs.
+pub fn value_shapes(g: &Graph) -> HashMap<String, Vec<i64>> {
+    propagate(g).2
+}
+
+fn propagate(g: &Graph) -> (u64, usize, HashMap<String, Vec<i64>>) {
     let mut shapes: HashMap<String, Vec<i64>> = HashMap::new();
     for v in g.inputs.iter().chain(&g.value_info).chain(&g.outputs) {
         if let Some(dims) = v.ty.as_ref().and_then(|t| t.tensor_shape()) {
@@ -161,7 +173,7 @@ fn estimate_macs(g: &Graph) -> (u64, usize) {
     };
     let (mut macs, mut unknown) = (0u64, 0usize);
     let Ok(order) = g.topological_order() else {
-        return (0, 0);
+        return (0, 0, shapes);
     };
     for id in order {
         let n = g.node(id);
@@ -293,7 +305,7 @@ fn estimate_macs(g: &Graph) -> (u64, usize) {
             }
         }
     }
-    (macs, unknown)
+    (macs, unknown, shapes)
 }
 
 /// Multiply-accumulates of one Conv, ConvTranspose, Gemm or MatMul (or

@@ -1,0 +1,124 @@
+use super::*;
+
+fn dense(k: usize, n: usize, w: Vec<f64>) -> Layer {
+    Layer {
+        node: Graph::new("t").add_node(Node::with_io("MatMul", "l", &["x", "w"], &["y"])),
+        label: "MatMul \"l\"".into(),
+        kind: Kind::MatMul,
+        weight: "w".into(),
+        k,
+        n,
+        w,
+        rule: RankRule::Global,
+        positions: Some((2, 2)),
+    }
+}
+
+fn spectrum_of(l: &Layer) -> Spectrum {
+    let svd = linalg::svd(&l.w, l.k, l.n).unwrap();
+    let total = l.w.iter().map(|v| v * v).sum();
+    Spectrum {
+        svd,
+        total,
+        whitening: None,
+    }
+}
+
+/// A `k × n` matrix with singular values `s` (on a fixed orthonormal basis).
+fn with_spectrum(k: usize, n: usize, s: &[f64]) -> Vec<f64> {
+    let mut w = vec![0f64; k * n];
+    for (i, &v) in s.iter().enumerate() {
+        w[i * n + i] = v;
+    }
+    w
+}
+
+#[test]
+fn energy_and_ratio_ranks() {
+    let l = dense(10, 10, with_spectrum(10, 10, &[4.0, 2.0, 1.0, 0.5]));
+    let s = spectrum_of(&l);
+    // Σσ² = 16 + 4 + 1 + 0.25 = 21.25.
+    assert_eq!(energy_rank(&s, 16.0 / 21.25), 1);
+    assert_eq!(energy_rank(&s, 0.94), 2);
+    assert_eq!(energy_rank(&s, 0.95), 3);
+    assert_eq!(energy_rank(&s, 1.0), 4);
+    assert!((s.dropped(2) - 1.25 / 21.25).abs() < 1e-12);
+    // 10×10: break-even 5; ratio 0.5 keeps ≤ 50 weights → rank 2 (40).
+    assert_eq!(ratio_rank(&l, 0.5, 1), 2);
+    assert_eq!(ratio_rank(&l, 0.05, 1), 1);
+    assert!(l.saves(4) && !l.saves(5));
+    assert_eq!(l.max_saving_rank(), Some(4));
+}
+
+#[test]
+fn greedy_allocation_cuts_the_cheapest_directions_first() {
+    // Two 20×20 layers: one with a flat spectrum, one that is nearly rank 2.
+    let flat = dense(20, 20, with_spectrum(20, 20, &[1.0; 20]));
+    let steep = dense(20, 20, with_spectrum(20, 20, &[5.0, 4.0, 0.01, 0.01, 0.01]));
+    let layers = vec![flat, steep];
+    let spectra: Vec<Spectrum> = layers.iter().map(spectrum_of).collect();
+    let a = allocate(&layers, &spectra, &[0, 1], 0.6, false, 1);
+    // 800 weights → at most 480: the steep layer falls to rank 2 (80), the
+    // flat one pays the rest.
+    assert!(a.reached && a.after <= 480, "{}", a.after);
+    assert_eq!(a.ranks[1], Some(2));
+    let r0 = a.ranks[0].map_or(20, |r| r);
+    assert!(r0 >= 9, "{:?}", a.ranks);
+    // Unreachable: rank 1 everywhere is 80 weights = 10%.
+    let a = allocate(&layers, &spectra, &[0, 1], 0.05, false, 1);
+    assert!(!a.reached);
+    assert_eq!(a.after, 80);
+    // round_to keeps ranks on the grid.
+    let a = allocate(&layers, &spectra, &[0, 1], 0.6, false, 4);
+    assert!(
+        a.ranks.iter().flatten().all(|r| r % 4 == 0),
+        "{:?}",
+        a.ranks
+    );
+}
+
+#[test]
+fn configs_are_checked_with_their_paths() {
+    let parse = |s: &str| parse_config::<LowRank>(&serde_json::from_str(s).unwrap());
+    assert!(parse("{}").is_ok());
+    assert_eq!(parse(r#"{"rank": 0}"#).unwrap_err().field, "rank");
+    assert_eq!(parse(r#"{"round_to": 0}"#).unwrap_err().field, "round_to");
+    assert_eq!(
+        parse(r#"{"target": {"params": 1.5}}"#).unwrap_err().field,
+        "target.params"
+    );
+    assert_eq!(
+        parse(r#"{"overrides": {"a": {"rank": 2, "energy": 0.5}}}"#)
+            .unwrap_err()
+            .field,
+        "overrides.a"
+    );
+    assert!(parse(r#"{"mode": "diagonal"}"#).is_err());
+}
+
+#[test]
+fn factors_split_the_singular_values_evenly() {
+    let l = dense(3, 2, vec![3.0, 0.0, 0.0, 2.0, 0.0, 0.0]);
+    let s = spectrum_of(&l);
+    let (a, b) = factors(&l, &s, 1);
+    // σ₁ = 3: A = u₁√3, B = √3 v₁ᵀ.
+    let na: f32 = a.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|v| v * v).sum::<f32>().sqrt();
+    assert!((na - 3f32.sqrt()).abs() < 1e-6 && (nb - 3f32.sqrt()).abs() < 1e-6);
+    assert!((a[0] * b[0]).abs() - 3.0 < 1e-6);
+}
+
+#[test]
+fn whitening_is_undone_by_the_first_factor() {
+    // H = diag(4, 1, 0): rank-deficient, so it needs damping.
+    let g = whiten::LayerGram {
+        h: vec![4.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0],
+    };
+    let w = whiten::whitening(&g, 3, 0.0).unwrap();
+    assert!(w.damping > 0.0);
+    let m = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    let back = w.unwhiten(&w.whiten(&m, 2), 2);
+    for (x, y) in back.iter().zip(&m) {
+        assert!((x - y).abs() < 1e-6, "{back:?}");
+    }
+}
