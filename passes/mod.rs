@@ -18,6 +18,7 @@ use crate::ir::Model;
 pub mod eliminate_dead;
 mod fold_batchnorm;
 pub mod linalg;
+mod prune;
 mod quantize;
 mod specialize;
 
@@ -159,6 +160,7 @@ pub struct PassInfo {
 pub static PASSES: &[PassInfo] = &[
     eliminate_dead::INFO,
     fold_batchnorm::INFO,
+    prune::INFO,
     quantize::INFO,
     specialize::INFO,
 ];

@@ -128,61 +128,6 @@ fn quantize_on_1_and_2_threads(
     (dir.join(format!("{stem}.1.onnx")), reports)
 }
 
-/// Writes `arrays` as an uncompressed .npz (numpy's own layout, little-endian f32/other).
-fn write_npz(path: &Path, arrays: &[(String, Array)]) {
-    let file = std::fs::File::create(path).unwrap();
-    let mut zip = zip::ZipWriter::new(file);
-    let options =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, a) in arrays {
-        let descr = match a.dtype {
-            DataType::Float => "<f4",
-            DataType::Int64 => "<i8",
-            DataType::Int32 => "<i4",
-            DataType::Uint8 => "|u1",
-            DataType::Int8 => "|i1",
-            other => panic!("no npy descr for {other}"),
-        };
-        let shape: Vec<String> = a.shape.iter().map(|d| d.to_string()).collect();
-        let shape = match shape.len() {
-            1 => format!("({},)", shape[0]),
-            _ => format!("({})", shape.join(", ")),
-        };
-        let mut header =
-            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(' ');
-        }
-        header.push('\n');
-        zip.start_file(format!("{name}.npy"), options).unwrap();
-        zip.write_all(b"\x93NUMPY\x01\x00").unwrap();
-        zip.write_all(&(header.len() as u16).to_le_bytes()).unwrap();
-        zip.write_all(header.as_bytes()).unwrap();
-        zip.write_all(&a.data).unwrap();
-    }
-    zip.finish().unwrap();
-}
-
-/// Runs `model` in tract over the samples of `data` and writes its outputs
-/// (first axis = samples) next to it.
-fn tract_outputs(model_path: &Path, data: &Path) -> PathBuf {
-    let model: Model = whittle::onnx::load(model_path).unwrap();
-    let runner = Runner::from_model("int8", &model, model_path.parent()).unwrap();
-    let inputs = InputSpec::of_graph(&model.graph).unwrap();
-    let samples = load_samples(data, &inputs, &BTreeMap::new(), None).unwrap();
-    let outs = whittle::exec::run_samples(&runner, &samples.samples, 2).unwrap();
-    let mut arrays = Vec::new();
-    for (k, name) in runner.outputs().iter().enumerate() {
-        let first = &outs[0][k];
-        let mut shape = vec![outs.len()];
-        shape.extend(&first.shape);
-        let bytes: Vec<u8> = outs.iter().flat_map(|o| o[k].data.clone()).collect();
-        arrays.push((name.clone(), Array::new(first.dtype, shape, bytes).unwrap()));
-    }
-    let path = model_path.with_extension("tract.npz");
-    write_npz(&path, &arrays);
-    path
-}
 
 /// Must show 1 and 2: onnxruntime turns at least 90% of the quantized
 /// Conv/MatMul/Gemm into integer kernels, and tract's outputs on the int8
@@ -209,7 +154,7 @@ fn int8_models_use_onnxruntime_integer_kernels_and_tract_agrees_within_a_step() 
 fn assert_ort_quant_check(cases: &[(PathBuf, PathBuf)], dir: &Path, float_tolerance: &str) {
     let mut list = String::new();
     for (model, data) in cases {
-        let tract = tract_outputs(model, data);
+        let tract = common::tract_outputs(model, data);
         let _ = writeln!(
             list,
             "{}\t{}\t{}",
@@ -681,7 +626,7 @@ fn linear_data(dir: &Path, name: &str, amplitude: f32) -> PathBuf {
         .collect();
     let path = dir.join(format!("{name}.npz"));
     let array = Array::new(DataType::Float, vec![16, 1, 4, 32], values).unwrap();
-    write_npz(&path, &[("x".to_string(), array)]);
+    common::write_npz(&path, &[("x".to_string(), array)]);
     path
 }
 
