@@ -321,7 +321,10 @@ impl Config for Prune {
                     .unwrap_or_default();
                 return Err(error(
                     format!("ops[{i}]"),
-                    format!("whittle cannot prune {op:?}; {hint}supported: {}", OPS.join(", ")),
+                    format!(
+                        "whittle cannot prune {op:?}; {hint}supported: {}",
+                        OPS.join(", ")
+                    ),
                 ));
             }
         }
@@ -369,13 +372,20 @@ impl Config for Prune {
             }
             if let Some(db) = t.min_sqnr_db {
                 if !db.is_finite() {
-                    return Err(error("target.min_sqnr_db", format!("{db} is not a number of dB")));
+                    return Err(error(
+                        "target.min_sqnr_db",
+                        format!("{db} is not a number of dB"),
+                    ));
                 }
             }
             if t.samples == Some(0) {
                 return Err(error("target.samples", "must be at least 1"));
             }
-            let given = [t.macs.is_some(), t.params.is_some(), t.min_sqnr_db.is_some()];
+            let given = [
+                t.macs.is_some(),
+                t.params.is_some(),
+                t.min_sqnr_db.is_some(),
+            ];
             if given.iter().filter(|&&g| g).count() != 1 {
                 return Err(error(
                     "target",
@@ -422,7 +432,8 @@ impl Config for Prune {
                     ));
                 }
                 if nm {
-                    if let Some((node, _)) = self.overrides.iter().find(|(_, o)| o.sparsity.is_some())
+                    if let Some((node, _)) =
+                        self.overrides.iter().find(|(_, o)| o.sparsity.is_some())
                     {
                         return Err(error(
                             format!("overrides.{node}.sparsity"),
@@ -466,7 +477,10 @@ mod tests {
     #[test]
     fn defaults_parse_and_patterns_are_checked() {
         let p = parse("{granularity: unstructured}").unwrap();
-        assert_eq!((p.sparsity(), p.method, p.scope), (0.5, Method::Magnitude, Scope::Local));
+        assert_eq!(
+            (p.sparsity(), p.method, p.scope),
+            (0.5, Method::Magnitude, Scope::Local)
+        );
         let p = parse("{granularity: \"n:m\", pattern: \"1:8\"}").unwrap();
         assert_eq!(p.pattern(), (1, 8));
         assert_eq!(parse_pattern("2:4"), Ok((2, 4)));
@@ -481,7 +495,10 @@ mod tests {
         assert_eq!(e.field, "pattern");
         assert!(e.message.contains("N < M"), "{}", e.message);
         let e = err("{ratio: 1.0}");
-        assert_eq!((e.field.as_str(), e.message.as_str()), ("ratio", "must be in [0, 1), got 1"));
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("ratio", "must be in [0, 1), got 1")
+        );
         let e = err("{granularity: unstructured, sparsity: 1.5}");
         assert_eq!(e.field, "sparsity");
         let e = err("{target: {macs: 0}}");
@@ -490,7 +507,11 @@ mod tests {
         assert_eq!(e.field, "method");
         assert!(e.message.contains("did you mean `wanda`"), "{}", e.message);
         let e = err("{importance: l3}");
-        assert!(e.message.contains("did you mean `l2`") || e.message.contains("`l1`"), "{}", e.message);
+        assert!(
+            e.message.contains("did you mean `l2`") || e.message.contains("`l1`"),
+            "{}",
+            e.message
+        );
         let e = err("{granularity: unstructured, overrides: {conv1: {sparsity: 2}}}");
         assert_eq!(e.field, "overrides.conv1.sparsity");
         let e = err("{ops: [Relu]}");
@@ -503,7 +524,10 @@ mod tests {
         assert_eq!(e.field, "ratio");
         assert_eq!(e.message, "`ratio` applies to granularity: channel");
         let e = err("{sparsity: 0.3}");
-        assert_eq!(e.message, "`sparsity` applies to granularity: unstructured or n:m");
+        assert_eq!(
+            e.message,
+            "`sparsity` applies to granularity: unstructured or n:m"
+        );
         let e = err("{method: sparsegpt}");
         assert_eq!(e.field, "method");
         let e = err("{granularity: \"n:m\", sparsity: 0.3}");

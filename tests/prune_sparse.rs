@@ -54,7 +54,12 @@ fn weights(path: &Path) -> Vec<(String, whittle::ir::Node, Vec<i64>, Vec<f32>)> 
             continue;
         };
         if t.dtype() == DataType::Float {
-            out.push((n.name().to_string(), n.clone(), t.dims.clone(), t.to_f32().unwrap()));
+            out.push((
+                n.name().to_string(),
+                n.clone(),
+                t.dims.clone(),
+                t.to_f32().unwrap(),
+            ));
         }
     }
     out
@@ -65,7 +70,12 @@ fn zeros(v: &[f32]) -> usize {
 }
 
 /// For every N:M group along the reduction axis of `dims`: its non-zeros.
-fn group_nonzeros(node: &whittle::ir::Node, dims: &[i64], v: &[f32], m: usize) -> Option<Vec<usize>> {
+fn group_nonzeros(
+    node: &whittle::ir::Node,
+    dims: &[i64],
+    v: &[f32],
+    m: usize,
+) -> Option<Vec<usize>> {
     let d: Vec<usize> = dims.iter().map(|&x| x as usize).collect();
     let mut out = Vec::new();
     match node.op_type() {
@@ -112,7 +122,9 @@ fn unstructured_sparsity_is_exact_per_layer_for_every_method() {
             let config = pipeline(
                 tmp.path(),
                 &format!("{method}.yaml"),
-                &format!("      granularity: unstructured\n      method: {method}\n      sparsity: {s}"),
+                &format!(
+                    "      granularity: unstructured\n      method: {method}\n      sparsity: {s}"
+                ),
             );
             let out = tmp.path().join(format!("{fixture}.{method}.onnx"));
             run(&config, fixture, &out, &[]);
@@ -145,8 +157,12 @@ fn global_sparsity_is_exact_over_all_selected_layers() {
         let total: usize = w.iter().map(|x| x.3.len()).sum();
         let z: usize = w.iter().map(|x| zeros(&x.3)).sum();
         assert_eq!(z, (0.6 * total as f64).round() as usize, "{method}");
-        let shares: Vec<f64> = w.iter().map(|x| zeros(&x.3) as f64 / x.3.len() as f64).collect();
-        let spread = shares.iter().cloned().fold(0.0, f64::max) - shares.iter().cloned().fold(1.0, f64::min);
+        let shares: Vec<f64> = w
+            .iter()
+            .map(|x| zeros(&x.3) as f64 / x.3.len() as f64)
+            .collect();
+        let spread =
+            shares.iter().cloned().fold(0.0, f64::max) - shares.iter().cloned().fold(1.0, f64::min);
         assert!(spread > 0.05, "{method}: layers all near 60%: {shares:?}");
     }
 }
@@ -162,19 +178,25 @@ fn two_four_holds_in_every_group() {
             let config = pipeline(
                 tmp.path(),
                 "nm.yaml",
-                &format!("      granularity: \"n:m\"\n      pattern: \"2:4\"\n      method: {method}"),
+                &format!(
+                    "      granularity: \"n:m\"\n      pattern: \"2:4\"\n      method: {method}"
+                ),
             );
             let out = tmp.path().join(format!("{fixture}.{method}.nm.onnx"));
             let stderr = run(&config, fixture, &out, &[]);
-            let original: BTreeMap<String, Vec<f32>> = weights(&common::fixture(&format!("{fixture}.onnx")))
-                .into_iter()
-                .map(|(n, _, _, v)| (n, v))
-                .collect();
+            let original: BTreeMap<String, Vec<f32>> =
+                weights(&common::fixture(&format!("{fixture}.onnx")))
+                    .into_iter()
+                    .map(|(n, _, _, v)| (n, v))
+                    .collect();
             let mut groups = 0;
             for (name, node, dims, v) in weights(&out) {
                 match group_nonzeros(&node, &dims, &v, 4) {
                     Some(nz) => {
-                        assert!(nz.iter().all(|&c| c <= 2), "{fixture} {method} {name}: {nz:?}");
+                        assert!(
+                            nz.iter().all(|&c| c <= 2),
+                            "{fixture} {method} {name}: {nz:?}"
+                        );
                         assert_eq!(zeros(&v), v.len() / 2, "{fixture} {method} {name}");
                         groups += nz.len();
                     }
@@ -195,7 +217,10 @@ fn two_four_holds_in_every_group() {
 fn one_and_two_threads_write_the_same_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     for (name, options) in [
-        ("global", "      granularity: unstructured\n      method: sparsegpt\n      scope: global"),
+        (
+            "global",
+            "      granularity: unstructured\n      method: sparsegpt\n      scope: global",
+        ),
         ("nm", "      granularity: \"n:m\"\n      method: wanda"),
     ] {
         let config = pipeline(tmp.path(), &format!("{name}.yaml"), options);
@@ -217,12 +242,30 @@ fn bad_options_and_missing_data_are_clear_errors() {
     let input = common::fixture("resnet_tiny.onnx");
     let out = tmp.path().join("never.onnx");
     for (options, want) in [
-        ("      ratio: 1.0", "passes[0].prune.ratio: must be in [0, 1), got 1"),
-        ("      granularity: \"n:m\"\n      pattern: \"5:4\"", "passes[0].prune.pattern: \"5:4\" is not \"N:M\" with 1 ≤ N < M ≤ 64"),
-        ("      granularity: unstructured\n      method: wandaa", "did you mean `wanda`?"),
-        ("      target: { macs: 0 }", "passes[0].prune.target.macs: must be in (0, 1]"),
-        ("      granularity: unstructured\n      ratio: 0.2", "passes[0].prune.ratio: `ratio` applies to granularity: channel"),
-        ("      granularity: unstructured\n      sparsity: 1.0", "passes[0].prune.sparsity: must be in [0, 1)"),
+        (
+            "      ratio: 1.0",
+            "passes[0].prune.ratio: must be in [0, 1), got 1",
+        ),
+        (
+            "      granularity: \"n:m\"\n      pattern: \"5:4\"",
+            "passes[0].prune.pattern: \"5:4\" is not \"N:M\" with 1 ≤ N < M ≤ 64",
+        ),
+        (
+            "      granularity: unstructured\n      method: wandaa",
+            "did you mean `wanda`?",
+        ),
+        (
+            "      target: { macs: 0 }",
+            "passes[0].prune.target.macs: must be in (0, 1]",
+        ),
+        (
+            "      granularity: unstructured\n      ratio: 0.2",
+            "passes[0].prune.ratio: `ratio` applies to granularity: channel",
+        ),
+        (
+            "      granularity: unstructured\n      sparsity: 1.0",
+            "passes[0].prune.sparsity: must be in [0, 1)",
+        ),
     ] {
         let config = pipeline(tmp.path(), "bad.yaml", options);
         let o = common::whittle(&[
@@ -238,7 +281,11 @@ fn bad_options_and_missing_data_are_clear_errors() {
         assert!(stderr.contains(want), "{options}: {stderr}");
         assert!(!out.exists());
     }
-    let config = pipeline(tmp.path(), "sgpt.yaml", "      granularity: unstructured\n      method: sparsegpt");
+    let config = pipeline(
+        tmp.path(),
+        "sgpt.yaml",
+        "      granularity: unstructured\n      method: sparsegpt",
+    );
     let o = common::whittle(&[
         "run",
         config.to_str().unwrap(),
@@ -249,7 +296,10 @@ fn bad_options_and_missing_data_are_clear_errors() {
     ]);
     let (_, stderr) = common::text(&o);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("method: sparsegpt needs calibration data: pass --data"), "{stderr}");
+    assert!(
+        stderr.contains("method: sparsegpt needs calibration data: pass --data"),
+        "{stderr}"
+    );
     assert!(!out.exists());
 }
 
@@ -258,7 +308,11 @@ fn bad_options_and_missing_data_are_clear_errors() {
 #[test]
 fn zeros_survive_a_following_quantize() {
     let tmp = tempfile::tempdir().unwrap();
-    let prune_only = pipeline(tmp.path(), "p.yaml", "      granularity: \"n:m\"\n      method: sparsegpt");
+    let prune_only = pipeline(
+        tmp.path(),
+        "p.yaml",
+        "      granularity: \"n:m\"\n      method: sparsegpt",
+    );
     let both = tmp.path().join("pq.yaml");
     std::fs::write(
         &both,
@@ -268,16 +322,21 @@ fn zeros_survive_a_following_quantize() {
     let (p, pq) = (tmp.path().join("p.onnx"), tmp.path().join("pq.onnx"));
     run(&prune_only, "resnet_tiny", &p, &[]);
     run(&both, "resnet_tiny", &pq, &[]);
-    let float: BTreeMap<String, Vec<f32>> = weights(&p).into_iter().map(|(n, _, _, v)| (n, v)).collect();
+    let float: BTreeMap<String, Vec<f32>> =
+        weights(&p).into_iter().map(|(n, _, _, v)| (n, v)).collect();
     let m: Model = whittle::onnx::load(&pq).unwrap();
     let g = &m.graph;
     let mut checked = 0;
     for (_, n) in g.nodes() {
-        let Some(w) = float.get(n.name()) else { continue };
+        let Some(w) = float.get(n.name()) else {
+            continue;
+        };
         if zeros(w) == 0 {
             continue;
         }
-        let (dq, _) = g.producer(&n.inputs[1]).expect("weight behind a DequantizeLinear");
+        let (dq, _) = g
+            .producer(&n.inputs[1])
+            .expect("weight behind a DequantizeLinear");
         let q = g.initializer(&g.node(dq).inputs[0]).expect("int8 weight");
         assert_eq!(q.dtype(), DataType::Int8, "{}", n.name());
         let levels = q.packed_bytes().unwrap();
@@ -296,8 +355,16 @@ fn zeros_survive_a_following_quantize() {
 #[test]
 fn tract_and_onnxruntime_run_the_pruned_models() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = pipeline(tmp.path(), "p.yaml", "      granularity: unstructured\n      method: sparsegpt");
-    let nm = pipeline(tmp.path(), "nm.yaml", "      granularity: \"n:m\"\n      method: wanda");
+    let config = pipeline(
+        tmp.path(),
+        "p.yaml",
+        "      granularity: unstructured\n      method: sparsegpt",
+    );
+    let nm = pipeline(
+        tmp.path(),
+        "nm.yaml",
+        "      granularity: \"n:m\"\n      method: wanda",
+    );
     let mut list = String::new();
     for fixture in ["resnet_tiny", "transformer_tiny", "mlp"] {
         for (tag, c) in [("u", &config), ("nm", &nm)] {
@@ -305,7 +372,13 @@ fn tract_and_onnxruntime_run_the_pruned_models() {
             run(c, fixture, &out, &[]);
             let data = common::fixture(&format!("{fixture}.data.npz"));
             let tract = common::tract_outputs(&out, &data);
-            let _ = writeln!(list, "{}\t{}\t{}", out.display(), data.display(), tract.display());
+            let _ = writeln!(
+                list,
+                "{}\t{}\t{}",
+                out.display(),
+                data.display(),
+                tract.display()
+            );
         }
     }
     let path = tmp.path().join("ort.txt");
@@ -313,5 +386,8 @@ fn tract_and_onnxruntime_run_the_pruned_models() {
     let o = common::run_python("ort_check.py", &[&path]);
     let (stdout, stderr) = common::text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("ort: 6 passed, 0 failed"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("ort: 6 passed, 0 failed"),
+        "{stdout}\n{stderr}"
+    );
 }

@@ -128,7 +128,6 @@ fn quantize_on_1_and_2_threads(
     (dir.join(format!("{stem}.1.onnx")), reports)
 }
 
-
 /// Must show 1 and 2: onnxruntime turns at least 90% of the quantized
 /// Conv/MatMul/Gemm into integer kernels, and tract's outputs on the int8
 /// model are within one quantization step of onnxruntime's.

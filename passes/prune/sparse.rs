@@ -159,9 +159,7 @@ impl View {
     /// `j = c·K + k`); identity otherwise.
     fn nm_order(&self) -> Vec<usize> {
         let c = self.d / self.kernel;
-        (0..self.d)
-            .map(|p| (p % c) * self.kernel + p / c)
-            .collect()
+        (0..self.d).map(|p| (p % c) * self.kernel + p / c).collect()
     }
 }
 
@@ -278,9 +276,8 @@ fn sparsegpt(w: &mut [f64], rows: usize, d: usize, u: &[f64], rule: Rule) -> Vec
                 if let Rule::Pattern { n, m } = rule {
                     if i % m == 0 {
                         let end = (i + m).min(d);
-                        let s: Vec<f64> = (i..end)
-                            .map(|j| (row[j] / u[j * d + j]).powi(2))
-                            .collect();
+                        let s: Vec<f64> =
+                            (i..end).map(|j| (row[j] / u[j * d + j]).powi(2)).collect();
                         for g in lowest(&s, (end - i).saturating_sub(n)) {
                             mrow[i + g] = true;
                         }
@@ -371,7 +368,9 @@ impl Layer {
                 .map(|&v| f64::from(v).powi(2) / energy.max(f64::MIN_POSITIVE))
                 .collect());
         };
-        let hs = self.hessians().ok_or("the input's second moments are all zero")?;
+        let hs = self
+            .hessians()
+            .ok_or("the input's second moments are all zero")?;
         let gram = self.gram.as_ref().ok_or("no second moments")?;
         let w = view.matrix(&self.values);
         let (d, per) = (view.d, view.rows / view.groups);
@@ -425,7 +424,10 @@ impl Layer {
         };
         let w = view.matrix(&self.values);
         let hs = match method {
-            Method::Sparsegpt => Some(self.hessians().ok_or("the input's second moments are all zero")?),
+            Method::Sparsegpt => Some(
+                self.hessians()
+                    .ok_or("the input's second moments are all zero")?,
+            ),
             _ => None,
         };
         let per = rows / view.groups;
@@ -480,20 +482,24 @@ impl Layer {
         }
         view.store(&out, &mut values);
         debug_assert_eq!(values.len(), n);
-        let sqnr_db = self.gram.as_ref().filter(|_| method != Method::Magnitude).map(|gr| {
-            let mut energy = 0.0;
-            let mut err = 0.0;
-            let delta: Vec<f64> = out.iter().zip(&w).map(|(a, b)| a - b).collect();
-            for (g, h) in gr.h.iter().enumerate() {
-                energy += quad(&w, d, h, g * per..(g + 1) * per);
-                err += quad(&delta, d, h, g * per..(g + 1) * per);
-            }
-            if err <= 0.0 {
-                f64::INFINITY
-            } else {
-                10.0 * (energy / err).log10()
-            }
-        });
+        let sqnr_db = self
+            .gram
+            .as_ref()
+            .filter(|_| method != Method::Magnitude)
+            .map(|gr| {
+                let mut energy = 0.0;
+                let mut err = 0.0;
+                let delta: Vec<f64> = out.iter().zip(&w).map(|(a, b)| a - b).collect();
+                for (g, h) in gr.h.iter().enumerate() {
+                    energy += quad(&w, d, h, g * per..(g + 1) * per);
+                    err += quad(&delta, d, h, g * per..(g + 1) * per);
+                }
+                if err <= 0.0 {
+                    f64::INFINITY
+                } else {
+                    10.0 * (energy / err).log10()
+                }
+            });
         Ok(Outcome { values, sqnr_db })
     }
 }
@@ -568,7 +574,11 @@ fn model_deflated(g: &Graph) -> Result<usize, PassError> {
 
 fn nonzero_floats(g: &Graph) -> Result<usize, PassError> {
     let mut n = 0;
-    for t in g.initializers().iter().filter(|t| t.dtype() == DataType::Float) {
+    for t in g
+        .initializers()
+        .iter()
+        .filter(|t| t.dtype() == DataType::Float)
+    {
         n += t.to_f32()?.iter().filter(|&&v| v != 0.0).count();
     }
     Ok(n)
@@ -604,7 +614,10 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
     report.count("macs_before", before.macs as i64);
     report.count("weight_bytes_before", weight_bytes(&model.graph));
     report.count("deflate_bytes_before", model_deflated(&model.graph)? as i64);
-    report.count("nonzero_params_before", nonzero_floats(&model.graph)? as i64);
+    report.count(
+        "nonzero_params_before",
+        nonzero_floats(&model.graph)? as i64,
+    );
 
     let nm = cfg.granularity == Granularity::Nm;
     let (pn, pm) = cfg.pattern();
@@ -634,7 +647,9 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
         if !constant {
             // An activation × activation MatMul: no weight to prune.
             report.count("nodes_without_weight", 1);
-            report.details.push(json!({ "node": n.label(), "skipped": "no constant weight (input 1 is computed)" }));
+            report.details.push(
+                json!({ "node": n.label(), "skipped": "no constant weight (input 1 is computed)" }),
+            );
             continue;
         }
         if let Some(why) = refusal(cfg, g, id) {
@@ -675,8 +690,9 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
             }
         }
         if cfg.method != Method::Magnitude {
-            let layout_ok = gptq::Layout::of(n, &t.dims)
-                .is_some_and(|l| l.row_len() == view.map_or(0, |v| v.d) && l.row_len() <= gptq::MAX_ROW);
+            let layout_ok = gptq::Layout::of(n, &t.dims).is_some_and(|l| {
+                l.row_len() == view.map_or(0, |v| v.d) && l.row_len() <= gptq::MAX_ROW
+            });
             if !layout_ok {
                 skipped.push((
                     n.label(),
@@ -748,7 +764,10 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
     } else {
         let mut counts: Vec<usize> = layers
             .iter()
-            .map(|l| l.sparsity.map_or(0, |s| (s * l.params() as f64).round() as usize))
+            .map(|l| {
+                l.sparsity
+                    .map_or(0, |s| (s * l.params() as f64).round() as usize)
+            })
             .collect();
         let pool: Vec<usize> = (0..layers.len())
             .filter(|&i| layers[i].sparsity.is_none())
@@ -773,7 +792,9 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
     };
 
     let items: Vec<usize> = (0..layers.len()).collect();
-    let outcomes = parallel_map(&items, threads, |_, &i| layers[i].prune(cfg.method, rules[i]));
+    let outcomes = parallel_map(&items, threads, |_, &i| {
+        layers[i].prune(cfg.method, rules[i])
+    });
     let mut rows_text = Vec::new();
     let (mut total_params, mut total_zeros) = (0usize, 0usize);
     for ((layer, outcome), rule) in layers.iter().zip(outcomes).zip(&rules) {
@@ -815,7 +836,8 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
             sparsity * 100.0,
             d0,
             d1,
-            out.sqnr_db.map_or(String::new(), |db| format!("{db:.1} dB")),
+            out.sqnr_db
+                .map_or(String::new(), |db| format!("{db:.1} dB")),
         ));
         let mut t = model
             .graph
@@ -932,7 +954,11 @@ mod tests {
         let db = |m: Method, rule: Rule| l.prune(m, rule).unwrap().sqnr_db.unwrap();
         // Magnitude has no SQNR of its own: measure it with the same H.
         let mag = {
-            let mut lm = layer(l.values.clone(), dense(d, rows), l.gram.as_ref().map(|g| g.h[0].clone()));
+            let mut lm = layer(
+                l.values.clone(),
+                dense(d, rows),
+                l.gram.as_ref().map(|g| g.h[0].clone()),
+            );
             let out = lm.prune(Method::Magnitude, Rule::Count(k)).unwrap();
             lm.values = out.values;
             let w0 = dense(d, rows).matrix(&l.values);
@@ -941,8 +967,14 @@ mod tests {
             let h = &l.gram.as_ref().unwrap().h[0];
             10.0 * (quad(&w0, d, h, 0..rows) / quad(&delta, d, h, 0..rows)).log10()
         };
-        let (wanda, sgpt) = (db(Method::Wanda, Rule::Count(k)), db(Method::Sparsegpt, Rule::Count(k)));
-        assert!(sgpt > wanda + 3.0 && sgpt > mag + 3.0, "sparsegpt {sgpt} wanda {wanda} magnitude {mag}");
+        let (wanda, sgpt) = (
+            db(Method::Wanda, Rule::Count(k)),
+            db(Method::Sparsegpt, Rule::Count(k)),
+        );
+        assert!(
+            sgpt > wanda + 3.0 && sgpt > mag + 3.0,
+            "sparsegpt {sgpt} wanda {wanda} magnitude {mag}"
+        );
         let nm = Rule::Pattern { n: 2, m: 4 };
         let (wanda, sgpt) = (db(Method::Wanda, nm), db(Method::Sparsegpt, nm));
         assert!(sgpt > wanda + 3.0, "2:4 sparsegpt {sgpt} wanda {wanda}");
@@ -984,7 +1016,9 @@ mod tests {
         assert_eq!(v.nm_order(), vec![0, 2, 4, 6, 1, 3, 5, 7]);
         let values: Vec<f32> = (1..=16).map(|x| x as f32).collect();
         let l = layer(values, v, None);
-        let out = l.prune(Method::Magnitude, Rule::Pattern { n: 2, m: 4 }).unwrap();
+        let out = l
+            .prune(Method::Magnitude, Rule::Pattern { n: 2, m: 4 })
+            .unwrap();
         // Row 0 = 1..8: channels at kernel 0 are 1,3,5,7 → keep 5,7; kernel 1: 2,4,6,8 → keep 6,8.
         assert_eq!(&out.values[..8], &[0.0, 0.0, 0.0, 0.0, 5.0, 6.0, 7.0, 8.0]);
     }

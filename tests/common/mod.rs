@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use std::process::{Command, Output};
 use whittle::data::{load_samples, Array, InputSpec};
 use whittle::exec::Runner;
 use whittle::ir::{DataType, Model};
-use std::process::{Command, Output};
 
 /// The repository root.
 pub fn root() -> PathBuf {
