@@ -268,24 +268,20 @@ fn bad_options_and_missing_data_are_clear_errors() {
         ),
     ] {
         let config = pipeline(tmp.path(), "bad.yaml", options);
-        let o = common::whittle(&[
-            "run",
-            config.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-        ]);
-        let (_, stderr) = common::text(&o);
-        assert_eq!(o.status.code(), Some(1), "{options}: {stderr}");
-        assert!(stderr.contains(want), "{options}: {stderr}");
-        assert!(!out.exists());
+        fails_without_output(&config, &input, &out, want);
     }
     let config = pipeline(
         tmp.path(),
         "sgpt.yaml",
         "      granularity: unstructured\n      method: sparsegpt",
     );
+    let want = "method: sparsegpt needs calibration data: pass --data";
+    fails_without_output(&config, &input, &out, want);
+}
+
+/// `whittle run CONFIG --input INPUT --output OUT` (no data) exits 1 with
+/// `want` in its stderr and writes nothing.
+fn fails_without_output(config: &Path, input: &Path, out: &Path, want: &str) {
     let o = common::whittle(&[
         "run",
         config.to_str().unwrap(),
@@ -295,11 +291,9 @@ fn bad_options_and_missing_data_are_clear_errors() {
         out.to_str().unwrap(),
     ]);
     let (_, stderr) = common::text(&o);
-    assert_eq!(o.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("method: sparsegpt needs calibration data: pass --data"),
-        "{stderr}"
-    );
+    assert_eq!(o.status.code(), Some(1), "{}: {stderr}", config.display());
+    assert!(stderr.contains(want), "{}: {stderr}", config.display());
+    assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!out.exists());
 }
 
