@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::ir::Model;
 
+pub mod calib;
 pub mod eliminate_dead;
 mod fold_batchnorm;
 pub mod linalg;

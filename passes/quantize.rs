@@ -72,15 +72,14 @@
 //! report lists each tensor's range, scale and zero point, every node's
 //! outcome, and the initializer bytes before and after.
 
-mod calibrate;
 mod correction;
 mod dynamic;
 mod equalize;
-pub(crate) mod gptq;
-pub(crate) mod plan;
+mod gptq;
+mod plan;
 mod qdq;
+mod ranges;
 mod sensitivity;
-mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -89,12 +88,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
-    parse_config, Config, ConfigError, Pass, PassContext, PassError, PassInfo, PassReport,
+    calib, parse_config, Config, ConfigError, Pass, PassContext, PassError, PassInfo, PassReport,
 };
 use crate::ir::{DataType, Graph, Model};
 use plan::{Plan, RangeSource, Role};
 use qdq::TensorParams;
-use stats::{Grid, RangeMethod};
+use ranges::{Grid, RangeMethod, Ranges};
 
 /// Registry entry.
 pub const INFO: PassInfo = PassInfo {
@@ -920,7 +919,7 @@ impl Pass for Quantize {
 
         // Calibrate: the planned tensors, plus every compute node's input and
         // output (their shapes give the MACs).
-        let samples = load_samples(model, ctx, self.calibration.samples, &mut report)?;
+        let samples = calib::load_samples(model, ctx, self.calibration.samples, &mut report)?;
         let threads = ctx.threads.unwrap_or_else(crate::exec::default_threads);
         if self.equalize {
             let n = self.equalize(model, &samples, ctx, threads, &mut report)?;
@@ -951,7 +950,7 @@ impl Pass for Quantize {
                 observed_names.push(v.clone());
             }
         }
-        let observed = calibrate::observe(
+        let observed = calib::observe(
             model,
             &observed_names,
             &channel_axes,
@@ -1059,7 +1058,7 @@ impl Pass for Quantize {
 /// What calibration measured.
 pub struct Measured {
     /// Statistics of every observed float tensor.
-    pub stats: BTreeMap<String, stats::TensorStats>,
+    pub stats: BTreeMap<String, calib::stats::TensorStats>,
     /// Observed tensors that turned out not to be float32.
     pub not_float: BTreeMap<String, DataType>,
     /// Shapes of the observed tensors in the first sample.
@@ -1086,7 +1085,7 @@ impl Quantize {
         let axes: BTreeMap<String, i64> =
             cands.iter().map(|c| (c.tensor.clone(), c.axis)).collect();
         let names: Vec<String> = axes.keys().cloned().collect();
-        let seen = calibrate::observe(
+        let seen = calib::observe(
             model,
             &names,
             &axes,
@@ -1142,7 +1141,7 @@ impl Quantize {
         &self,
         s: &Settings,
         plan: &Plan,
-        stats: &BTreeMap<String, stats::TensorStats>,
+        stats: &BTreeMap<String, calib::stats::TensorStats>,
     ) -> BTreeMap<String, TensorParams> {
         let mut params: BTreeMap<String, TensorParams> = BTreeMap::new();
         for t in &plan.tensors {
@@ -1368,7 +1367,7 @@ impl Quantize {
             threads,
         )?;
         let wgrid = s.weights.grid(s.w_symmetric);
-        let jobs: Vec<(&(String, Option<usize>), &gptq::Gram)> = grams.iter().collect();
+        let jobs: Vec<(&(String, Option<usize>), &calib::Moments)> = grams.iter().collect();
         let rounded = crate::exec::parallel_map(&jobs, threads, |_, ((name, axis), gram)| {
             let t = model.graph.initializer(name)?;
             let values = t.to_f32().ok()?;
@@ -1402,7 +1401,7 @@ impl Quantize {
         &self,
         s: &Settings,
         name: &str,
-        st: Option<&stats::TensorStats>,
+        st: Option<&calib::stats::TensorStats>,
     ) -> Option<TensorParams> {
         let (dtype, grid) = self.grid_of(s, name);
         let o = self.overrides.get(name);
@@ -1623,33 +1622,6 @@ fn weight_detail(
 
 fn initializer_bytes(g: &Graph) -> i64 {
     g.initializers().iter().map(|t| t.byte_len() as i64).sum()
-}
-
-/// The calibration samples: `--data`, or seeded synthetic inputs (warned).
-fn load_samples(
-    model: &Model,
-    ctx: &PassContext,
-    limit: Option<usize>,
-    report: &mut PassReport,
-) -> Result<Vec<crate::data::Sample>, PassError> {
-    let inputs = crate::data::InputSpec::of_graph(&model.graph).map_err(PassError::Model)?;
-    let loaded = match &ctx.data {
-        Some(path) => crate::data::load_samples(path, &inputs, &ctx.dims, limit),
-        None => {
-            let spec = crate::data::SyntheticSpec::default();
-            let s = crate::data::synthetic(&inputs, &ctx.dims, limit.unwrap_or(16), &spec);
-            if let Ok(s) = &s {
-                report.warnings.push(format!(
-                    "calibrated on {}: pass --data with real inputs, or the ranges fit noise rather than your data",
-                    s.source
-                ));
-            }
-            s
-        }
-    };
-    loaded
-        .map(|s| s.samples)
-        .map_err(|e| PassError::Model(format!("calibration data: {e}")))
 }
 
 /// Ops whose meaning changed between opsets, so that raising the opset

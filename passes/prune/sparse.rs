@@ -60,9 +60,8 @@ use serde_json::json;
 use super::{Granularity, Method, Prune, Scope};
 use crate::exec::parallel_map;
 use crate::ir::{DataType, Graph, Model, NodeId};
+use crate::passes::calib::{self, moments::MAX_ROW, MomentJob, MomentLimits, Moments};
 use crate::passes::linalg;
-use crate::passes::quantize::gptq::{self, Gram};
-use crate::passes::quantize::plan::PlannedWeight;
 use crate::passes::quantize::NodeMatch;
 use crate::passes::{PassContext, PassError, PassReport};
 
@@ -336,7 +335,7 @@ struct Layer {
     /// Unstructured: this layer's own sparsity (local scope or override);
     /// `None`: decided by the global ranking.
     sparsity: Option<f64>,
-    gram: Option<Gram>,
+    gram: Option<Moments>,
 }
 
 /// What pruning one layer gave.
@@ -463,12 +462,16 @@ impl Layer {
                 }
             }
             _ => {
-                let gram = self.gram.as_ref().filter(|_| method == Method::Wanda);
+                // Wanda's ‖X_j‖ per group; magnitude: 1.
+                let norms: Option<Vec<Vec<f64>>> = self
+                    .gram
+                    .as_ref()
+                    .filter(|_| method == Method::Wanda)
+                    .map(|gr| (0..gr.h.len()).map(|g| gr.column_norms(g)).collect());
                 let scores: Vec<f64> = (0..rows * d)
                     .map(|i| {
                         let (r, j) = (i / d, i % d);
-                        let norm = gram.map_or(1.0, |gr| gr.h[r / per][j * d + j].sqrt());
-                        w[i].abs() * norm
+                        w[i].abs() * norms.as_ref().map_or(1.0, |n| n[r / per][j])
                     })
                     .collect();
                 let mask =
@@ -633,7 +636,7 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
     // Which layers, and why not the others.
     let mut layers: Vec<Layer> = Vec::new();
     let mut skipped: Vec<(String, String)> = Vec::new();
-    let mut planned: Vec<PlannedWeight> = Vec::new();
+    let mut jobs: Vec<MomentJob> = Vec::new();
     for (id, n) in g.nodes() {
         let op = n.op_type();
         if !n.domain().is_empty() || !super::OPS.contains(&op) {
@@ -690,26 +693,22 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
             }
         }
         if cfg.method != Method::Magnitude {
-            let layout_ok = gptq::Layout::of(n, &t.dims).is_some_and(|l| {
-                l.row_len() == view.map_or(0, |v| v.d) && l.row_len() <= gptq::MAX_ROW
+            let job = MomentJob::for_node(g, id).filter(|j| {
+                let l = &j.layout;
+                l.row_len() == view.map_or(0, |v| v.d) && l.row_len() <= MAX_ROW
             });
-            if !layout_ok {
+            let Some(job) = job else {
                 skipped.push((
                     n.label(),
                     format!(
                         "method: {} needs the input's second moments, gathered for Conv (no auto_pad, 1 or 2 spatial dims), MatMul and Gemm (transA=0) with rows of at most {} inputs",
                         method_name(cfg.method),
-                        gptq::MAX_ROW
+                        MAX_ROW
                     ),
                 ));
                 continue;
-            }
-            planned.push(PlannedWeight {
-                node: id,
-                slot: 1,
-                name: weight.clone(),
-                axis: None,
-            });
+            };
+            jobs.push(job);
         }
         let sparsity = cfg
             .overrides
@@ -731,20 +730,25 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
     // Second moments of the layer inputs (wanda, sparsegpt).
     let threads = ctx.threads.unwrap_or_else(crate::exec::default_threads);
     if cfg.method != Method::Magnitude && !layers.is_empty() {
-        let Some(path) = &ctx.data else {
+        if ctx.data.is_none() {
             return Err(PassError::Model(format!(
                 "method: {} needs calibration data: pass --data DATA.npz (method: magnitude needs none)",
                 method_name(cfg.method)
             )));
-        };
-        let inputs = crate::data::InputSpec::of_graph(g).map_err(PassError::Model)?;
-        let samples = crate::data::load_samples(path, &inputs, &ctx.dims, None)
-            .map_err(|e| PassError::Model(format!("calibration data: {e}")))?
-            .samples;
+        }
+        let samples = calib::load_samples(model, ctx, None, &mut report)?;
         report.count("calibration_samples", samples.len() as i64);
-        let mut grams = gptq::grams(model, &planned, &samples, ctx.model_dir.as_deref(), threads)?;
-        for l in &mut layers {
-            l.gram = grams.remove(&(l.weight.clone(), None));
+        let moments = calib::second_moments(
+            model,
+            &jobs,
+            &samples,
+            ctx.model_dir.as_deref(),
+            threads,
+            MomentLimits::default(),
+            ctx.progress,
+        )?;
+        for (l, m) in layers.iter_mut().zip(moments) {
+            l.gram = m;
         }
         let (with, without): (Vec<Layer>, Vec<Layer>) =
             layers.into_iter().partition(|l| l.gram.is_some());
@@ -885,6 +889,7 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::passes::calib::Layout;
 
     fn lcg(seed: u64) -> impl FnMut() -> f64 {
         let mut state = seed;
@@ -921,13 +926,15 @@ mod tests {
             dims: vec![view.d as i64, view.rows as i64],
             view: Some(view),
             sparsity: None,
-            gram: h.map(|h| Gram {
-                layout: gptq::Layout::Dense {
+            gram: h.map(|h| Moments {
+                layout: Layout::Dense {
                     k: view.d,
                     n: view.rows,
                     transposed: false,
                 },
                 h: vec![h],
+                positions: 1,
+                samples: 1,
             }),
             values,
         }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use crate::ir::{Attribute, DataType, Graph, Node, NodeId, Tensor};
 
 use super::plan::{Plan, Readers};
-use super::stats::Grid;
+use super::ranges::Grid;
 use super::QType;
 
 /// Quantization parameters of one activation tensor.

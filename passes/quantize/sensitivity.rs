@@ -42,7 +42,7 @@ use crate::passes::{PassContext, PassError, PassReport};
 
 use super::plan::{Plan, RangeSource, Role};
 use super::qdq::TensorParams;
-use super::stats::RangeMethod;
+use super::ranges::RangeMethod;
 use super::{Measured, NodeFilter, Quantize, Settings, Target};
 
 /// How close a variant's outputs are to the float model's (worst output).
@@ -265,7 +265,7 @@ impl<'a> Probe<'a> {
         what: &'static str,
         variant: impl Fn(&J) -> (Settings, BTreeSet<NodeId>) + Sync,
     ) -> Result<Vec<Score>, PassError> {
-        let progress = super::calibrate::Progress::new(self.progress, jobs.len(), what);
+        let progress = crate::passes::calib::Progress::new(self.progress, jobs.len(), what);
         let done = std::sync::atomic::AtomicUsize::new(0);
         let scores: Vec<Result<Score, PassError>> = parallel_map(jobs, self.threads, |_, job| {
             let (s, keep) = variant(job);

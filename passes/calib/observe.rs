@@ -1,5 +1,5 @@
-//! Calibration: one streamed pass of the model over the calibration samples,
-//! observing every planned tensor at once.
+//! The streamed observation pass: one run of the model over the calibration
+//! samples, observing every requested tensor at once.
 //!
 //! The tensors to observe become extra outputs of a copy of the model, which
 //! tract runs sample by sample on every thread. Each thread folds what it
@@ -7,16 +7,16 @@
 //! statistics merge exactly at the end, so memory is bounded by one sample's
 //! activations per thread and the result does not depend on the thread count.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::data::{Array, Sample};
 use crate::exec::Runner;
-use crate::ir::{DataType, Model, ValueInfo};
+use crate::ir::{DataType, Model};
+use crate::passes::PassError;
 
 use super::stats::{ChannelSums, TensorStats};
-use crate::passes::PassError;
+use super::{floats_into, probe, Progress};
 
 /// What calibration saw.
 #[derive(Debug)]
@@ -126,49 +126,6 @@ pub fn observe(
     })
 }
 
-/// A copy of `model` with every tensor of `tensors` readable after a run:
-/// graph inputs are read from the sample, everything else becomes an output.
-pub fn probe(model: &Model, tensors: &[String]) -> (Model, Vec<Source>) {
-    let g = &model.graph;
-    let mut probe = model.clone();
-    let mut slots: Vec<Source> = Vec::with_capacity(tensors.len());
-    for t in tensors {
-        if let Some(i) = g.inputs.iter().position(|v| v.name() == t) {
-            slots.push(Source::Input(i));
-        } else if let Some(o) = probe.graph.outputs.iter().position(|o| o.name() == t) {
-            slots.push(Source::Output(o));
-        } else {
-            probe.graph.outputs.push(ValueInfo {
-                name: Some(t.clone()),
-                ty: None,
-                doc_string: None,
-                metadata_props: Vec::new(),
-            });
-            slots.push(Source::Output(probe.graph.outputs.len() - 1));
-        }
-    }
-    (probe, slots)
-}
-
-/// Where a probed tensor is found after a run.
-#[derive(Debug, Clone, Copy)]
-pub enum Source {
-    /// The sample's input at this index.
-    Input(usize),
-    /// The run's output at this index.
-    Output(usize),
-}
-
-impl Source {
-    /// The probed tensor in `sample`'s run with `outputs`.
-    pub fn pick<'a>(self, sample: &'a [Array], outputs: &'a [Array]) -> &'a Array {
-        match self {
-            Source::Input(k) => &sample[k],
-            Source::Output(k) => &outputs[k],
-        }
-    }
-}
-
 fn add(stat: &mut Result<TensorStats, DataType>, sample: usize, a: &Array, values: &mut Vec<f32>) {
     let Ok(st) = stat else { return };
     if a.dtype != DataType::Float {
@@ -179,65 +136,5 @@ fn add(stat: &mut Result<TensorStats, DataType>, sample: usize, a: &Array, value
     st.add(values);
     if let Some(ch) = &mut st.channels {
         ch.add(sample, values, &a.shape);
-    }
-}
-
-/// The f32 values of a float array into `values` (reused between calls).
-pub fn floats_into(a: &Array, values: &mut Vec<f32>) {
-    values.clear();
-    values.extend(
-        a.data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-    );
-}
-
-/// A one-line progress bar on stderr, drawn only on a terminal.
-pub struct Progress {
-    on: bool,
-    total: usize,
-    what: &'static str,
-    drawn: Mutex<usize>,
-}
-
-impl Progress {
-    /// A bar for `total` steps of `what`; `on` false draws nothing.
-    pub fn new(on: bool, total: usize, what: &'static str) -> Progress {
-        Progress {
-            on,
-            total,
-            what,
-            drawn: Mutex::new(0),
-        }
-    }
-
-    /// `done` steps are finished.
-    pub fn tick(&self, done: usize) {
-        if !self.on {
-            return;
-        }
-        let mut drawn = self.drawn.lock().unwrap_or_else(|e| e.into_inner());
-        if done <= *drawn {
-            return;
-        }
-        *drawn = done;
-        let width = 30;
-        let filled = done * width / self.total.max(1);
-        eprint!(
-            "\r  {} [{}{}] {done}/{}",
-            self.what,
-            "#".repeat(filled),
-            " ".repeat(width - filled),
-            self.total
-        );
-        let _ = std::io::stderr().flush();
-    }
-
-    /// Clears the bar.
-    pub fn finish(&self) {
-        if self.on {
-            eprint!("\r{}\r", " ".repeat(80));
-            let _ = std::io::stderr().flush();
-        }
     }
 }
