@@ -5,13 +5,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use whittle::data::{load_samples, Array, InputSpec};
-use whittle::exec::Runner;
+use whittle::data::Array;
 use whittle::ir::{DataType, Model};
 
 /// The fixtures the onnxruntime checks run on.
