@@ -66,6 +66,30 @@ pub fn lower_inverse(l: &[f64], n: usize) -> Vec<f64> {
     from_mat(x.as_ref())
 }
 
+/// The upper-triangular `U` with `Uᵀ U = a⁻¹` for the symmetric positive
+/// definite `n × n` matrix `a` (row-major; `None` when it is not positive
+/// definite): the factor GPTQ and SparseGPT walk column by column, `U_ii`
+/// and row `i` of `U` giving the OBS update of the weights after `i`.
+///
+/// With `J` the order reversal and `J a J = L Lᵀ`, `a = R Rᵀ` for the upper
+/// `R = J L J`, so `a⁻¹ = R⁻ᵀ R⁻¹` and `U = R⁻¹ = J L⁻¹ J`.
+pub fn inverse_upper_cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
+    let mut rev = vec![0f64; n * n];
+    for r in 0..n {
+        for c in 0..n {
+            rev[r * n + c] = a[(n - 1 - r) * n + (n - 1 - c)];
+        }
+    }
+    let li = lower_inverse(&cholesky(&rev, n)?, n);
+    let mut u = vec![0f64; n * n];
+    for i in 0..n {
+        for j in i..n {
+            u[i * n + j] = li[(n - 1 - i) * n + (n - 1 - j)];
+        }
+    }
+    Some(u)
+}
+
 /// A thin singular value decomposition `a = U · diag(s) · Vᵀ` of a
 /// `rows × cols` matrix, singular values in non-increasing order.
 #[derive(Debug, Clone, PartialEq)]
@@ -314,6 +338,31 @@ mod tests {
                 assert!((eye[i * n + j] - want).abs() < 1e-9);
             }
         }
+    }
+
+    #[test]
+    fn inverse_upper_cholesky_factors_the_inverse() {
+        let n = 5;
+        let a = spd(n);
+        let u = inverse_upper_cholesky(&a, n).unwrap();
+        // Uᵀ U a = I, U upper triangular.
+        let mut ut = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                ut[j * n + i] = u[i * n + j];
+                if j < i {
+                    assert_eq!(u[i * n + j], 0.0);
+                }
+            }
+        }
+        let eye = matmul(&matmul(&ut, &u, n, n, n), &a, n, n, n);
+        for i in 0..n {
+            for j in 0..n {
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((eye[i * n + j] - want).abs() < 1e-9, "{i},{j}");
+            }
+        }
+        assert!(inverse_upper_cholesky(&[1.0, 2.0, 2.0, 1.0], 2).is_none());
     }
 
     #[test]

@@ -1,5 +1,45 @@
-//! `prune`: removes weights — whole channels (`granularity: channel`, the
-//! default), single weights (`unstructured`) or N of every M (`n:m`).
+//! `prune`: removes weights, at one of three granularities.
+//!
+//! - `granularity: channel` (the default) removes whole channels — Conv
+//!   filters, Gemm/MatMul columns, FFN hidden units, attention heads —
+//!   together with every tensor slice coupled to them, so that weights,
+//!   MACs and latency really shrink (`prune/channel.rs`).
+//! - `granularity: unstructured` zeros the least important `sparsity`
+//!   fraction of each selected weight (`scope: local`) or of all selected
+//!   weights together (`scope: global`); `granularity: n:m` zeros weights so
+//!   that every group of M consecutive elements along the reduction axis
+//!   keeps at most N non-zeros (`pattern: "2:4"`, what NVIDIA's sparse
+//!   tensor cores run). Tensors stay dense: the model is exactly as large
+//!   and as fast on a dense runtime, but compresses better (the report gives
+//!   the deflate size of the weights before and after), runs 2:4 on
+//!   TensorRT's sparse kernels, and keeps its zeros through a following
+//!   `quantize` (symmetric int8 maps 0.0 to level 0). See `prune/sparse.rs`.
+//!
+//! ```text
+//! unstructured / n:m:
+//! before:  x ─ Conv(W, b) ─ y          W dense
+//! after:   x ─ Conv(W', b) ─ y         W' = W with zeros (2:4: ≤ 2 non-zeros in every 4
+//!                                      consecutive input channels), b unchanged
+//! ```
+//!
+//! Methods (`unstructured`, `n:m`): `magnitude` scores `|W_ij|`; `wanda`
+//! scores `|W_ij|·‖X_j‖` (the norm of input feature `j` over the calibration
+//! data) and compares within each output row; `sparsegpt` prunes column by
+//! column and updates the remaining weights of each row through the inverse
+//! Hessian of the layer input (OBS). wanda and sparsegpt need `--data`.
+//!
+//! Selection: `ops` (Conv, ConvTranspose, Gemm, MatMul with a constant
+//! weight), `include_nodes`, `exclude_nodes`, `overrides` (per node: its own
+//! `ratio` / `sparsity`, or `skip`). Weights read by several nodes,
+//! non-float32 weights and layouts a method cannot handle are left alone and
+//! the report says why, per node.
+//!
+//! Options of one granularity given with another are a config error naming
+//! the option; every range error names its YAML path.
+//!
+//! Exactness: not exact; the report measures what changed (per layer
+//! sparsity, and for wanda/sparsegpt the layer's output SQNR on the
+//! calibration inputs' second moments).
 //!
 //! ## `granularity: channel`
 //!
@@ -45,10 +85,14 @@
 //! or BatchNormalization shift of a removed channel the constant it added
 //! downstream is lost too.
 
+mod channel;
+mod groups;
+mod sparse;
+
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::select::NodeMatch;
 use super::{
@@ -56,134 +100,65 @@ use super::{
 };
 use crate::ir::Model;
 
-mod channel;
-mod groups;
-
 /// Registry entry.
 pub const INFO: PassInfo = PassInfo {
     name: "prune",
-    summary: "remove whole channels with every coupled slice (channel), or zero weights (unstructured, N:M)",
+    summary: "pruning: structured channels that shrink the model, or unstructured / N:M sparsity (magnitude, Wanda, SparseGPT)",
     doc: include_str!("prune.rs"),
     schema: super::schema_of::<Prune>,
     build: |o| Ok(Box::new(parse_config::<Prune>(o)?)),
 };
 
-/// What is removed.
-#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
-pub enum Granularity {
-    /// Whole channels with every coupled slice (tensors and MACs shrink).
-    #[default]
-    #[serde(rename = "channel")]
-    Channel,
-    /// Single weights set to zero.
-    #[serde(rename = "unstructured")]
-    Unstructured,
-    /// N of every M consecutive weights along the reduction axis set to zero.
-    #[serde(rename = "n:m")]
-    NM,
-}
-
-/// How a channel's importance is scored.
-#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Importance {
-    /// Sum of absolute weights of the channel's slices.
-    #[default]
-    L1,
-    /// Euclidean norm of the channel's slices.
-    L2,
-    /// Weight norm × the channel's input activation norm on the calibration
-    /// data (Wanda's score at channel granularity; needs `--data`).
-    Activation,
-}
-
-/// How unstructured / N:M weights are chosen (granularity unstructured, n:m).
-#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// Smallest magnitudes.
-    #[default]
-    Magnitude,
-    /// `|W_ij|·‖X_j‖` (needs `--data`).
-    Wanda,
-    /// Column by column with the OBS update (needs `--data`).
-    Sparsegpt,
-}
-
-/// Where sparsity is balanced (granularity unstructured, n:m).
-#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// Each layer gets the same sparsity.
-    #[default]
-    Local,
-    /// One threshold over all layers.
-    Global,
-}
-
-/// A global goal instead of a per-group `ratio` (exactly one of `macs`,
-/// `params`, `min_sqnr_db`).
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Target {
-    /// Conv/ConvTranspose/MatMul/Gemm MACs left, as a fraction of the original, in (0, 1].
-    pub macs: Option<f64>,
-    /// Float weights left, as a fraction of the original, in (0, 1].
-    pub params: Option<f64>,
-    /// Lowest output SQNR (dB) on the calibration data.
-    pub min_sqnr_db: Option<f64>,
-    /// Calibration samples used to measure (`min_sqnr_db`).
-    pub samples: Option<usize>,
-}
-
-/// Per-node options, by node name.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct NodeOverride {
-    /// Fraction of this node's group's channels removed (channel).
-    pub ratio: Option<f64>,
-    /// Fraction of this node's weights zeroed (unstructured).
-    pub sparsity: Option<f64>,
-    /// Leave this node's groups (channel) or weights (unstructured, n:m) whole.
-    pub skip: bool,
-}
-
 /// Options of `prune`.
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Prune {
-    /// `channel` (default: remove whole channels), `unstructured` or `n:m`.
+    /// What is removed: `channel` (whole channels, the model shrinks),
+    /// `unstructured` (single weights become zero) or `n:m` (at most N
+    /// non-zeros in every M consecutive weights along the reduction axis).
     pub granularity: Granularity,
-    /// Op types whose weights are pruned (any of Conv, ConvTranspose, Gemm, MatMul).
+    /// Op types whose constant weight is pruned.
     pub ops: Vec<String>,
-    /// Prune only these nodes: exact names or `{ regex: "..." }` (channel: a
-    /// group is pruned when one of its producers is included).
+    /// Prune only these nodes: exact names or `{ regex: "..." }`.
     pub include_nodes: Vec<NodeMatch>,
-    /// Never prune these nodes (channel: the groups they produce or read stay whole).
+    /// Never prune these nodes: exact names or `{ regex: "..." }`.
     pub exclude_nodes: Vec<NodeMatch>,
-    /// Per-node options by node name: `{ ratio?, sparsity?, skip? }`.
+    /// Per-node settings, by node name: `ratio` (channel), `sparsity`
+    /// (unstructured), or `skip: true`.
     pub overrides: BTreeMap<String, NodeOverride>,
-    /// Channel importance: `l1` (default), `l2` or `activation` (channel).
+
+    /// (channel) How a channel's importance is scored: `l1` or `l2` of its
+    /// weights, or `activation` (weight norm × input activation norm from
+    /// calibration data).
     pub importance: Importance,
-    /// Fraction of each group's channels removed, in [0, 1) (channel;
-    /// exclusive with `target`; default 0.3 when neither is given).
+    /// (channel) Fraction of each group's channels removed, in [0, 1).
     pub ratio: Option<f64>,
-    /// A global goal: `{ macs: f }` or `{ params: f }` (channel).
+    /// (channel) A model-wide target instead of `ratio`: one of `macs`,
+    /// `params` (fractions of the original kept) or `min_sqnr_db`.
     pub target: Option<Target>,
-    /// Fewest channels a group keeps (channel; default 1).
+    /// (channel) Never fewer channels than this left in a group.
     pub min_channels: usize,
-    /// Channels kept are a multiple of this (channel; default 1; 8 suits SIMD).
+    /// (channel) Channels kept are a multiple of this (8 for SIMD).
     pub round_to: usize,
-    /// Re-fit each consumer's kept weights by least squares on calibration
-    /// data (channel; needs `--data`; default off).
+    /// (channel) Re-fit each consumer's remaining weights by least squares
+    /// on calibration activations (needs `--data`).
     pub reconstruct: Option<bool>,
-    /// `magnitude` (default), `wanda` or `sparsegpt` (unstructured, n:m).
+
+    /// (unstructured, n:m) How weights are chosen: `magnitude` (|W|, the
+    /// default; needs no data), `wanda` (|W|·‖X‖, per output row) or
+    /// `sparsegpt` (OBS updates through the inverse input Hessian); the
+    /// last two need `--data`.
     pub method: Method,
-    /// Fraction of weights zeroed, in [0, 1) (unstructured; default 0.5).
+    /// (unstructured) Fraction of each weight's elements set to zero, in
+    /// [0, 1) (default 0.5); with `scope: global`, of all selected weights.
     pub sparsity: Option<f64>,
-    /// `"N:M"` (n:m; default "2:4"), N < M, M ≤ 64.
+    /// (n:m) `"N:M"`: at most N non-zeros in every group of M consecutive
+    /// weights along the reduction axis, 1 ≤ N < M ≤ 64 (default "2:4").
     pub pattern: Option<String>,
-    /// `local` (default, per layer) or `global` (unstructured, n:m).
+    /// (unstructured) `local`: every layer gets `sparsity`; `global`: one
+    /// ranking over all selected layers, scores normalized per layer by the
+    /// layer's total score energy, so layers get different sparsities that
+    /// add up to `sparsity` overall.
     pub scope: Scope,
 }
 
@@ -197,7 +172,7 @@ impl Default for Prune {
             include_nodes: Vec::new(),
             exclude_nodes: Vec::new(),
             overrides: BTreeMap::new(),
-            importance: Importance::L1,
+            importance: Importance::default(),
             ratio: None,
             target: None,
             min_channels: 1,
@@ -211,33 +186,191 @@ impl Default for Prune {
     }
 }
 
-fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+/// What is removed.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum Granularity {
+    /// Whole channels (the tensors shrink).
+    #[default]
+    #[serde(rename = "channel")]
+    Channel,
+    /// Single weights set to zero.
+    #[serde(rename = "unstructured")]
+    Unstructured,
+    /// N:M semi-structured zeros along the reduction axis.
+    #[serde(rename = "n:m")]
+    Nm,
+}
+
+/// How channels are scored (granularity: channel).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Importance {
+    /// Sum of absolute weights.
+    #[default]
+    L1,
+    /// Euclidean norm of the weights.
+    L2,
+    /// Weight norm × input activation norm (needs `--data`).
+    Activation,
+}
+
+/// How single weights are chosen (granularity: unstructured, n:m).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Smallest |W| first.
+    #[default]
+    Magnitude,
+    /// Smallest |W_ij|·‖X_j‖ within each output row first (Sun et al. 2023).
+    Wanda,
+    /// Column by column, with the OBS update of the remaining weights
+    /// (Frantar & Alistarh 2023).
+    Sparsegpt,
+}
+
+/// Over which weights the sparsity is counted (granularity: unstructured).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Every layer gets the sparsity.
+    #[default]
+    Local,
+    /// All selected layers together.
+    Global,
+}
+
+/// A model-wide channel-pruning target (granularity: channel); give one of
+/// `macs`, `params`, `min_sqnr_db`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Target {
+    /// Fraction of the original Conv/ConvTranspose/MatMul/Gemm MACs kept, in (0, 1].
+    pub macs: Option<f64>,
+    /// Fraction of the original float weights kept, in (0, 1].
+    pub params: Option<f64>,
+    /// Least output SQNR against the unpruned model, in dB.
+    pub min_sqnr_db: Option<f64>,
+    /// Samples the sensitivity is measured on.
+    pub samples: Option<usize>,
+}
+
+/// Settings of one node.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeOverride {
+    /// (channel) This node's ratio, in [0, 1).
+    pub ratio: Option<f64>,
+    /// (unstructured) This node's sparsity, in [0, 1); with `scope: global`
+    /// the node keeps it and stays out of the global ranking.
+    pub sparsity: Option<f64>,
+    /// Leave this node unpruned.
+    pub skip: bool,
+}
+
+/// Prunable op types.
+pub const OPS: &[&str] = &["Conv", "ConvTranspose", "Gemm", "MatMul"];
+
+fn error(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError {
         field: field.into(),
         message: message.into(),
     }
 }
 
-fn fraction_in(field: &str, v: f64, closed_low: bool) -> Result<(), ConfigError> {
-    let ok = if closed_low {
-        (0.0..1.0).contains(&v)
+/// `"N:M"` as `(N, M)` with 1 ≤ N < M ≤ 64.
+pub fn parse_pattern(p: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{p:?} is not \"N:M\" with 1 ≤ N < M ≤ 64 (e.g. \"2:4\")");
+    let (n, m) = p.split_once(':').ok_or_else(bad)?;
+    let n: usize = n.trim().parse().map_err(|_| bad())?;
+    let m: usize = m.trim().parse().map_err(|_| bad())?;
+    if n == 0 || n >= m || m > 64 {
+        return Err(bad());
+    }
+    Ok((n, m))
+}
+
+/// `v` in [0, 1).
+fn fraction(field: String, v: f64) -> Result<(), ConfigError> {
+    if (0.0..1.0).contains(&v) {
+        Ok(())
     } else {
-        v > 0.0 && v <= 1.0
-    };
-    match ok {
-        true => Ok(()),
-        false if closed_low => Err(err(field, "must be in [0, 1)")),
-        false => Err(err(field, "must be in (0, 1]")),
+        Err(error(field, format!("must be in [0, 1), got {v}")))
+    }
+}
+
+impl Prune {
+    /// The sparsity of unstructured pruning (default 0.5).
+    pub fn sparsity(&self) -> f64 {
+        self.sparsity.unwrap_or(0.5)
+    }
+
+    /// The N:M pattern (default 2:4).
+    pub fn pattern(&self) -> (usize, usize) {
+        self.pattern
+            .as_deref()
+            .and_then(|p| parse_pattern(p).ok())
+            .unwrap_or((2, 4))
+    }
+
+    /// Options set that belong to granularity channel, by name.
+    fn channel_options(&self) -> Vec<String> {
+        let d = Prune::default();
+        let mut set = Vec::new();
+        for (on, name) in [
+            (self.importance != d.importance, "importance"),
+            (self.ratio.is_some(), "ratio"),
+            (self.target.is_some(), "target"),
+            (self.min_channels != d.min_channels, "min_channels"),
+            (self.round_to != d.round_to, "round_to"),
+            (self.reconstruct.is_some(), "reconstruct"),
+        ] {
+            if on {
+                set.push(name.to_string());
+            }
+        }
+        for (node, o) in &self.overrides {
+            if o.ratio.is_some() {
+                set.push(format!("overrides.{node}.ratio"));
+            }
+        }
+        set
+    }
+
+    /// Options set that belong to granularity unstructured / n:m, by name.
+    fn sparse_options(&self) -> Vec<String> {
+        let mut set = Vec::new();
+        for (on, name) in [
+            (self.method != Method::Magnitude, "method"),
+            (self.sparsity.is_some(), "sparsity"),
+            (self.pattern.is_some(), "pattern"),
+            (self.scope != Scope::Local, "scope"),
+        ] {
+            if on {
+                set.push(name.to_string());
+            }
+        }
+        for (node, o) in &self.overrides {
+            if o.sparsity.is_some() {
+                set.push(format!("overrides.{node}.sparsity"));
+            }
+        }
+        set
     }
 }
 
 impl Config for Prune {
     fn check(&self) -> Result<(), ConfigError> {
         for (i, op) in self.ops.iter().enumerate() {
-            if !matches!(op.as_str(), "Conv" | "ConvTranspose" | "Gemm" | "MatMul") {
-                return Err(err(
+            if !OPS.contains(&op.as_str()) {
+                let hint = super::closest(op, OPS)
+                    .map(|c| format!("did you mean {c:?}? "))
+                    .unwrap_or_default();
+                return Err(error(
                     format!("ops[{i}]"),
-                    format!("cannot prune {op:?}; choose among Conv, ConvTranspose, Gemm, MatMul"),
+                    format!(
+                        "whittle cannot prune {op:?}; {hint}supported: {}",
+                        OPS.join(", ")
+                    ),
                 ));
             }
         }
@@ -247,97 +380,116 @@ impl Config for Prune {
         ] {
             for (i, m) in list.iter().enumerate() {
                 if let NodeMatch::Regex(r) = m {
-                    if let Err(e) = regex::Regex::new(&r.regex) {
-                        return Err(err(format!("{field}[{i}].regex"), e.to_string()));
-                    }
+                    regex::Regex::new(&r.regex).map_err(|e| {
+                        let first = e.to_string().lines().next().unwrap_or("").to_string();
+                        error(format!("{field}[{i}].regex"), first)
+                    })?;
                 }
             }
         }
-        let channel = self.granularity == Granularity::Channel;
-        let (mine, theirs) = if channel {
-            ("channel", "unstructured or n:m")
-        } else {
-            ("unstructured or n:m", "channel")
-        };
-        let foreign: Vec<(&str, bool)> = if channel {
-            vec![
-                ("method", self.method != Method::Magnitude),
-                ("sparsity", self.sparsity.is_some()),
-                ("pattern", self.pattern.is_some()),
-                ("scope", self.scope != Scope::Local),
-            ]
-        } else {
-            vec![
-                ("importance", self.importance != Importance::L1),
-                ("ratio", self.ratio.is_some()),
-                ("target", self.target.is_some()),
-                ("min_channels", self.min_channels != 1),
-                ("round_to", self.round_to != 1),
-                ("reconstruct", self.reconstruct.is_some()),
-            ]
-        };
-        if let Some((f, _)) = foreign.iter().find(|(_, set)| *set) {
-            return Err(err(
-                *f,
-                format!("`{f}` applies to granularity: {theirs}, not {mine}"),
-            ));
-        }
+        // Ranges first: a bad value is named even when the granularity is wrong too.
         if let Some(r) = self.ratio {
-            fraction_in("ratio", r, true)?;
+            fraction("ratio".into(), r)?;
         }
-        if self.ratio.is_some() && self.target.is_some() {
-            return Err(err(
-                "target",
-                "`ratio` and `target` are exclusive; give one",
-            ));
+        if let Some(s) = self.sparsity {
+            fraction("sparsity".into(), s)?;
+        }
+        for (node, o) in &self.overrides {
+            if let Some(r) = o.ratio {
+                fraction(format!("overrides.{node}.ratio"), r)?;
+            }
+            if let Some(s) = o.sparsity {
+                fraction(format!("overrides.{node}.sparsity"), s)?;
+            }
+        }
+        if let Some(p) = &self.pattern {
+            parse_pattern(p).map_err(|m| error("pattern", m))?;
         }
         if let Some(t) = &self.target {
+            for (v, name) in [(t.macs, "macs"), (t.params, "params")] {
+                if let Some(v) = v {
+                    if !(v > 0.0 && v <= 1.0) {
+                        return Err(error(
+                            format!("target.{name}"),
+                            format!("must be in (0, 1] (the fraction kept), got {v}"),
+                        ));
+                    }
+                }
+            }
+            if let Some(db) = t.min_sqnr_db {
+                if !db.is_finite() {
+                    return Err(error(
+                        "target.min_sqnr_db",
+                        format!("{db} is not a number of dB"),
+                    ));
+                }
+            }
+            if t.samples == Some(0) {
+                return Err(error("target.samples", "must be at least 1"));
+            }
             let given = [
                 t.macs.is_some(),
                 t.params.is_some(),
                 t.min_sqnr_db.is_some(),
             ];
-            if given.iter().filter(|g| **g).count() != 1 {
-                return Err(err(
+            if given.iter().filter(|&&g| g).count() != 1 {
+                return Err(error(
                     "target",
                     "give exactly one of `macs`, `params`, `min_sqnr_db`",
                 ));
             }
-            if let Some(m) = t.macs {
-                fraction_in("target.macs", m, false)?;
-            }
-            if let Some(p) = t.params {
-                fraction_in("target.params", p, false)?;
-            }
-            if t.samples == Some(0) {
-                return Err(err("target.samples", "must be at least 1"));
+            if self.ratio.is_some() {
+                return Err(error("target", "give either `ratio` or `target`, not both"));
             }
         }
         if self.min_channels == 0 {
-            return Err(err("min_channels", "must be at least 1"));
+            return Err(error("min_channels", "must be at least 1"));
         }
         if self.round_to == 0 {
-            return Err(err("round_to", "must be at least 1"));
+            return Err(error("round_to", "must be at least 1"));
         }
-        for (name, o) in &self.overrides {
-            let field = format!("overrides.{name}");
-            if let Some(r) = o.ratio {
-                if !channel {
-                    return Err(err(
-                        format!("{field}.ratio"),
-                        "`ratio` applies to granularity: channel",
+        match self.granularity {
+            Granularity::Channel => {
+                if let Some(f) = self.sparse_options().first() {
+                    return Err(error(
+                        f.clone(),
+                        format!("`{f}` applies to granularity: unstructured or n:m"),
                     ));
                 }
-                fraction_in(&format!("{field}.ratio"), r, true)?;
             }
-            if let Some(s) = o.sparsity {
-                if channel {
-                    return Err(err(
-                        format!("{field}.sparsity"),
-                        "`sparsity` applies to granularity: unstructured or n:m",
+            Granularity::Unstructured | Granularity::Nm => {
+                if let Some(f) = self.channel_options().first() {
+                    return Err(error(
+                        f.clone(),
+                        format!("`{f}` applies to granularity: channel"),
                     ));
                 }
-                fraction_in(&format!("{field}.sparsity"), s, true)?;
+                let nm = self.granularity == Granularity::Nm;
+                if nm && self.sparsity.is_some() {
+                    return Err(error(
+                        "sparsity",
+                        "`sparsity` applies to granularity: unstructured (n:m takes `pattern`)",
+                    ));
+                }
+                if nm && self.scope == Scope::Global {
+                    return Err(error(
+                        "scope",
+                        "`scope: global` applies to granularity: unstructured (the n:m pattern fixes every group's share)",
+                    ));
+                }
+                if nm {
+                    if let Some((node, _)) =
+                        self.overrides.iter().find(|(_, o)| o.sparsity.is_some())
+                    {
+                        return Err(error(
+                            format!("overrides.{node}.sparsity"),
+                            "`sparsity` applies to granularity: unstructured",
+                        ));
+                    }
+                }
+                if !nm && self.pattern.is_some() {
+                    return Err(error("pattern", "`pattern` applies to granularity: n:m"));
+                }
             }
         }
         Ok(())
@@ -348,12 +500,87 @@ impl Pass for Prune {
     fn run(&self, model: &mut Model, ctx: &PassContext) -> Result<PassReport, PassError> {
         match self.granularity {
             Granularity::Channel => channel::run(self, model, ctx),
-            Granularity::Unstructured => Err(PassError::Model(
-                "granularity unstructured is not built on this branch".into(),
-            )),
-            Granularity::NM => Err(PassError::Model(
-                "granularity n:m is not built on this branch".into(),
-            )),
+            Granularity::Unstructured | Granularity::Nm => sparse::run(self, model, ctx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Prune, ConfigError> {
+        let v: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+        parse_config::<Prune>(&v)
+    }
+
+    fn err(yaml: &str) -> ConfigError {
+        parse(yaml).expect_err(yaml)
+    }
+
+    #[test]
+    fn defaults_parse_and_patterns_are_checked() {
+        let p = parse("{granularity: unstructured}").unwrap();
+        assert_eq!(
+            (p.sparsity(), p.method, p.scope),
+            (0.5, Method::Magnitude, Scope::Local)
+        );
+        let p = parse("{granularity: \"n:m\", pattern: \"1:8\"}").unwrap();
+        assert_eq!(p.pattern(), (1, 8));
+        assert_eq!(parse_pattern("2:4"), Ok((2, 4)));
+        for bad in ["5:4", "4:4", "0:4", "2:65", "2-4", "a:b"] {
+            assert!(parse_pattern(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_options_name_their_path() {
+        let e = err("{granularity: \"n:m\", pattern: \"5:4\"}");
+        assert_eq!(e.field, "pattern");
+        assert!(e.message.contains("N < M"), "{}", e.message);
+        let e = err("{ratio: 1.0}");
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("ratio", "must be in [0, 1), got 1")
+        );
+        let e = err("{granularity: unstructured, sparsity: 1.5}");
+        assert_eq!(e.field, "sparsity");
+        let e = err("{target: {macs: 0}}");
+        assert_eq!(e.field, "target.macs");
+        let e = err("{granularity: unstructured, method: wandaa}");
+        assert_eq!(e.field, "method");
+        assert!(e.message.contains("did you mean `wanda`"), "{}", e.message);
+        let e = err("{importance: l3}");
+        assert!(
+            e.message.contains("did you mean `l2`") || e.message.contains("`l1`"),
+            "{}",
+            e.message
+        );
+        let e = err("{granularity: unstructured, overrides: {conv1: {sparsity: 2}}}");
+        assert_eq!(e.field, "overrides.conv1.sparsity");
+        let e = err("{ops: [Relu]}");
+        assert_eq!(e.field, "ops[0]");
+    }
+
+    #[test]
+    fn options_of_another_granularity_are_refused() {
+        let e = err("{granularity: unstructured, ratio: 0.3}");
+        assert_eq!(e.field, "ratio");
+        assert_eq!(e.message, "`ratio` applies to granularity: channel");
+        let e = err("{sparsity: 0.3}");
+        assert_eq!(
+            e.message,
+            "`sparsity` applies to granularity: unstructured or n:m"
+        );
+        let e = err("{method: sparsegpt}");
+        assert_eq!(e.field, "method");
+        let e = err("{granularity: \"n:m\", sparsity: 0.3}");
+        assert_eq!(e.field, "sparsity");
+        let e = err("{granularity: \"n:m\", scope: global}");
+        assert_eq!(e.field, "scope");
+        let e = err("{granularity: unstructured, pattern: \"2:4\"}");
+        assert_eq!(e.field, "pattern");
+        let e = err("{ratio: 0.3, target: {macs: 0.5}}");
+        assert_eq!(e.field, "target");
     }
 }

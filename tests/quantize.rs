@@ -5,12 +5,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use whittle::data::{load_samples, Array, InputSpec};
-use whittle::exec::Runner;
+use whittle::data::Array;
 use whittle::ir::{DataType, Model};
 
 /// The fixtures the onnxruntime checks run on.
@@ -127,27 +125,6 @@ fn quantize_on_1_and_2_threads(
     (dir.join(format!("{stem}.1.onnx")), reports)
 }
 
-/// Runs `model` in tract over the samples of `data` and writes its outputs
-/// (first axis = samples) next to it.
-fn tract_outputs(model_path: &Path, data: &Path) -> PathBuf {
-    let model: Model = whittle::onnx::load(model_path).unwrap();
-    let runner = Runner::from_model("int8", &model, model_path.parent()).unwrap();
-    let inputs = InputSpec::of_graph(&model.graph).unwrap();
-    let samples = load_samples(data, &inputs, &BTreeMap::new(), None).unwrap();
-    let outs = whittle::exec::run_samples(&runner, &samples.samples, 2).unwrap();
-    let mut arrays = Vec::new();
-    for (k, name) in runner.outputs().iter().enumerate() {
-        let first = &outs[0][k];
-        let mut shape = vec![outs.len()];
-        shape.extend(&first.shape);
-        let bytes: Vec<u8> = outs.iter().flat_map(|o| o[k].data.clone()).collect();
-        arrays.push((name.clone(), Array::new(first.dtype, shape, bytes).unwrap()));
-    }
-    let path = model_path.with_extension("tract.npz");
-    common::write_npz(&path, &arrays);
-    path
-}
-
 /// Must show 1 and 2: onnxruntime turns at least 90% of the quantized
 /// Conv/MatMul/Gemm into integer kernels, and tract's outputs on the int8
 /// model are within one quantization step of onnxruntime's.
@@ -173,7 +150,7 @@ fn int8_models_use_onnxruntime_integer_kernels_and_tract_agrees_within_a_step() 
 fn assert_ort_quant_check(cases: &[(PathBuf, PathBuf)], dir: &Path, float_tolerance: &str) {
     let mut list = String::new();
     for (model, data) in cases {
-        let tract = tract_outputs(model, data);
+        let tract = common::tract_outputs(model, data);
         let _ = writeln!(
             list,
             "{}\t{}\t{}",

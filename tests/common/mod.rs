@@ -1,8 +1,14 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
+
 use std::process::{Command, Output};
+use whittle::data::{load_samples, Array, InputSpec};
+use whittle::exec::Runner;
+use whittle::ir::{DataType, Model};
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -117,18 +123,18 @@ pub fn text(out: &Output) -> (String, String) {
 }
 
 /// Writes `arrays` as an uncompressed .npz (numpy's own layout, little-endian f32/other).
-pub fn write_npz(path: &Path, arrays: &[(String, whittle::data::Array)]) {
+pub fn write_npz(path: &Path, arrays: &[(String, Array)]) {
     let file = std::fs::File::create(path).unwrap();
     let mut zip = zip::ZipWriter::new(file);
     let options =
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, a) in arrays {
         let descr = match a.dtype {
-            whittle::ir::DataType::Float => "<f4",
-            whittle::ir::DataType::Int64 => "<i8",
-            whittle::ir::DataType::Int32 => "<i4",
-            whittle::ir::DataType::Uint8 => "|u1",
-            whittle::ir::DataType::Int8 => "|i1",
+            DataType::Float => "<f4",
+            DataType::Int64 => "<i8",
+            DataType::Int32 => "<i4",
+            DataType::Uint8 => "|u1",
+            DataType::Int8 => "|i1",
             other => panic!("no npy descr for {other}"),
         };
         let shape: Vec<String> = a.shape.iter().map(|d| d.to_string()).collect();
@@ -143,10 +149,31 @@ pub fn write_npz(path: &Path, arrays: &[(String, whittle::data::Array)]) {
         }
         header.push('\n');
         zip.start_file(format!("{name}.npy"), options).unwrap();
-        std::io::Write::write_all(&mut zip, b"\x93NUMPY\x01\x00").unwrap();
-        std::io::Write::write_all(&mut zip, &(header.len() as u16).to_le_bytes()).unwrap();
-        std::io::Write::write_all(&mut zip, header.as_bytes()).unwrap();
-        std::io::Write::write_all(&mut zip, &a.data).unwrap();
+        zip.write_all(b"\x93NUMPY\x01\x00").unwrap();
+        zip.write_all(&(header.len() as u16).to_le_bytes()).unwrap();
+        zip.write_all(header.as_bytes()).unwrap();
+        zip.write_all(&a.data).unwrap();
     }
     zip.finish().unwrap();
+}
+
+/// Runs `model` in tract over the samples of `data` and writes its outputs
+/// (first axis = samples) next to it.
+pub fn tract_outputs(model_path: &Path, data: &Path) -> PathBuf {
+    let model: Model = whittle::onnx::load(model_path).unwrap();
+    let runner = Runner::from_model("model", &model, model_path.parent()).unwrap();
+    let inputs = InputSpec::of_graph(&model.graph).unwrap();
+    let samples = load_samples(data, &inputs, &BTreeMap::new(), None).unwrap();
+    let outs = whittle::exec::run_samples(&runner, &samples.samples, 2).unwrap();
+    let mut arrays = Vec::new();
+    for (k, name) in runner.outputs().iter().enumerate() {
+        let first = &outs[0][k];
+        let mut shape = vec![outs.len()];
+        shape.extend(&first.shape);
+        let bytes: Vec<u8> = outs.iter().flat_map(|o| o[k].data.clone()).collect();
+        arrays.push((name.clone(), Array::new(first.dtype, shape, bytes).unwrap()));
+    }
+    let path = model_path.with_extension("tract.npz");
+    write_npz(&path, &arrays);
+    path
 }

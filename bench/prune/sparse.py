@@ -1,0 +1,137 @@
+"""Bench of `prune` at granularity unstructured and n:m: whittle's magnitude, Wanda and
+SparseGPT beside onnxsim 0.8.x's `pruning` module (the same three methods) on the same
+trained ONNX models and the same calibration data, in one table.
+
+Run from the repository root with the export venv, after building whittle:
+
+    cargo build
+    .venv-export/bin/python bench/prune/sparse.py [--whittle target/debug/whittle] [--out DIR]
+
+For every model (fixtures/trained/: digits_cnn, digits_transformer) and every setting
+(unstructured 50%, 2:4), each tool prunes the model with its calibration inputs
+(`<model>.calib.npz`, the first `--samples` of them for onnxsim); onnxruntime (1 thread,
+graph optimizations off) then runs the original and every pruned model on the held-out
+test inputs (`<model>.test.npz`). Printed per row: the share of zeros over the weights the
+tool pruned, the output SQNR of the logits against the original model's (dB, over all
+test samples), and top-1 accuracy against the test labels (`<model>.labels.npz`).
+"""
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAINED = ROOT / "fixtures" / "trained"
+MODELS = ["digits_cnn", "digits_transformer"]
+SETTINGS = {
+    "50%": ("granularity: unstructured\n      sparsity: 0.5", dict(sparsity=0.5)),
+    "2:4": ('granularity: "n:m"\n      pattern: "2:4"', dict(n=2, m=4)),
+}
+METHODS = ["magnitude", "wanda", "sparsegpt"]
+
+
+def run_ort(path, inputs):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = s.get_outputs()[0].name
+    n = len(next(iter(inputs.values())))
+    return np.concatenate([s.run([name], {k: v[i] for k, v in inputs.items()})[0] for i in range(n)])
+
+
+def sqnr_db(ref, got):
+    err = np.sum((ref.astype(np.float64) - got) ** 2)
+    return float("inf") if err == 0 else 10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / err)
+
+
+def sparsity(path):
+    """Zeros over the Conv/MatMul/Gemm constant weights that have any zero."""
+    m = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    zeros = total = 0
+    for n in m.graph.node:
+        if n.op_type in ("Conv", "MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits:
+            w = inits[n.input[1]]
+            if (w == 0).any():
+                zeros += int((w == 0).sum())
+                total += w.size
+    return zeros / max(total, 1)
+
+
+def whittle(binary, model, calib, setting, method, out):
+    cfg = out.with_suffix(".yaml")
+    cfg.write_text(f"version: 1\npasses:\n  - prune:\n      {setting}\n      method: {method}\n")
+    t = time.perf_counter()
+    subprocess.run(
+        [binary, "run", str(cfg), "--input", str(model), "--output", str(out), "--data", str(calib)],
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - t
+
+
+def onnxsim_prune(model, calib, kwargs, method, out, samples):
+    from onnxsim import pruning
+
+    data = np.load(calib)
+    cal = [{k: data[k][i] for k in data.files} for i in range(min(samples, len(data[data.files[0]])))]
+    t = time.perf_counter()
+    if method == "magnitude":
+        m = pruning.apply_magnitude_pruning(str(model), **kwargs)
+    elif method == "wanda":
+        m = pruning.apply_wanda_pruning(str(model), calibration_data=cal, num_samples=len(cal), **kwargs)
+    else:
+        m = pruning.apply_sparsegpt_pruning(str(model), calibration_data=cal, num_samples=len(cal), **kwargs)
+    onnx.save(m, str(out))
+    return time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--whittle", default=str(ROOT / "target" / "debug" / "whittle"))
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--samples", type=int, default=64, help="calibration samples given to onnxsim")
+    args = ap.parse_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="prune-sparse-"))
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in MODELS:
+        model = TRAINED / f"{name}.onnx"
+        calib = TRAINED / f"{name}.calib.npz"
+        test = dict(np.load(TRAINED / f"{name}.test.npz"))
+        labels = np.load(TRAINED / f"{name}.labels.npz")["labels"]
+        ref = run_ort(model, test)
+        top1 = lambda y: float((y.reshape(len(labels), -1).argmax(1) == labels).mean())
+        rows.append((name, "-", "original", "-", 0.0, float("inf"), top1(ref), 0.0))
+        for setting, (yaml, kwargs) in SETTINGS.items():
+            for tool in ["whittle", "onnxsim"]:
+                for method in METHODS:
+                    p = out / f"{name}.{setting.replace(':', '-').replace('%', 'pct')}.{tool}.{method}.onnx"
+                    try:
+                        if tool == "whittle":
+                            secs = whittle(args.whittle, model, calib, yaml, method, p)
+                        else:
+                            secs = onnxsim_prune(model, calib, kwargs, method, p, args.samples)
+                        y = run_ort(p, test)
+                        rows.append((name, setting, tool, method, sparsity(p), sqnr_db(ref, y), top1(y), secs))
+                    except Exception as e:  # noqa: BLE001 (one failing row must not hide the others)
+                        msg = getattr(e, "stderr", b"") or str(e).encode()
+                        print(f"{name} {setting} {tool} {method}: failed: {msg[-300:]!r}", file=sys.stderr)
+                        rows.append((name, setting, tool, method, float("nan"), float("nan"), float("nan"), 0.0))
+    print("| model | setting | tool | method | zeros | output SQNR (dB) | top-1 | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, setting, tool, method, z, db, acc, secs in rows:
+        print(f"| {name} | {setting} | {tool} | {method} | {z:.1%} | {db:.2f} | {acc:.3f} | {secs:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

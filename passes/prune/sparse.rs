@@ -1,0 +1,1041 @@
+//! `granularity: unstructured` and `granularity: n:m`: zeros inside dense
+//! weights.
+//!
+//! Every selected weight is seen as a matrix of output rows × reduction
+//! inputs `D`: a Conv weight `[O, C/g, k…]` has `O` rows of `D = C/g·Πk`
+//! (the im2col row), a MatMul weight `[K, N]` has `N` rows of `D = K`, a Gemm
+//! `B` the same per `transB`. Three methods choose the zeros:
+//!
+//! - `magnitude`: the smallest `|W_ij|` of the layer (no data).
+//! - `wanda` (Sun et al. 2023): the smallest `|W_ij|·‖X_j‖` compared within
+//!   each output row, with `‖X_j‖² = H_jj`, `H = Σ x xᵀ` the second moments
+//!   of the layer input over the calibration data.
+//! - `sparsegpt` (Frantar & Alistarh 2023): columns in order; with `U` the
+//!   upper Cholesky factor of `(H + λI)⁻¹` (λ = 1% of the mean diagonal,
+//!   never-seen inputs get 1 on the diagonal, as GPTQ does), zeroing `w_i`
+//!   moves its error onto the weights not visited yet:
+//!   `w_j −= w_i / U_ii · U_ij` (the OBS update). Lazy batches of
+//!   [`BLOCK`] columns: updates inside a block are applied at once, the rest
+//!   of the row gets the block's errors in one product at the block's end.
+//!   The unstructured mask is chosen per block among all rows by the OBS
+//!   saliency `w² / U_jj²`, with the block's share of zeros fixed in advance
+//!   so that the layer gets exactly its count.
+//!
+//! **How much.** Unstructured, `scope: local`: each layer gets exactly
+//! `round(sparsity · params)` zeros (magnitude over the layer; wanda split as
+//! evenly as possible over the rows; sparsegpt over its blocks). `scope:
+//! global`: one ranking of all weights of all selected layers, each weight's
+//! score normalized by its layer's energy, so that it reads as the share of
+//! the layer's output it costs: `w² / ‖W‖²` for magnitude,
+//! `w²·H_jj / tr(W H Wᵀ)` for wanda, `(w² / (H⁻¹)_jj) / tr(W H Wᵀ)` for
+//! sparsegpt. The `round(sparsity · Σ params)` lowest decide how many zeros
+//! each layer gets; each layer is then pruned by its method at that count.
+//! Nodes with an override `sparsity` keep theirs and stay out of the ranking.
+//!
+//! **N:M.** `pattern: "N:M"` means at most N non-zeros in every group of M
+//! consecutive weights along the reduction axis (NVIDIA's convention: "2:4"
+//! keeps 2 of every 4); exactly M − N are set to zero per group. For a Conv
+//! the groups run along the input channels at each kernel position (the
+//! `[O, kh, kw, C]` order sparse tensor cores and TensorRT use), so C/g must
+//! be a multiple of M; for MatMul/Gemm along K, a multiple of M. SparseGPT
+//! visits the columns in that order (the Hessian permuted with them) and
+//! picks each group's zeros when it reaches the group's first column.
+//!
+//! Left alone, with the reason in the report: nodes filtered out by the
+//! selection, weights that are not float32 initializers, weights read by
+//! more than one node or also a graph input, layouts the method cannot
+//! handle (n:m and the data methods need the row view above: no
+//! ConvTranspose; wanda and sparsegpt need the second moments, which are
+//! gathered for rows of at most 1536 inputs).
+//!
+//! Report: per layer the params, zeros before and after, the achieved
+//! sparsity, the weight bytes, the deflate-compressed size of the weight
+//! before and after, and (with data) the layer's output SQNR on the
+//! calibration second moments, `10·log10(tr(W H Wᵀ) / tr(ΔW H ΔWᵀ))`.
+
+use std::io::Write as _;
+
+use serde_json::json;
+
+use super::{Granularity, Method, Prune, Scope};
+use crate::exec::parallel_map;
+use crate::ir::{DataType, Graph, Model, NodeId};
+use crate::passes::calib::{self, moments::MAX_ROW, MomentJob, MomentLimits, Moments};
+use crate::passes::linalg;
+use crate::passes::select::NodeMatch;
+use crate::passes::{PassContext, PassError, PassReport};
+
+/// Columns per lazy-batch block of SparseGPT.
+pub const BLOCK: usize = 128;
+
+/// Damping of `H`, relative to its mean diagonal.
+const DAMP: f64 = 0.01;
+
+/// A weight seen as `rows` output rows of `d` reduction inputs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct View {
+    rows: usize,
+    d: usize,
+    /// Conv groups (rows split evenly among them).
+    groups: usize,
+    /// Kernel positions per input channel (1 for MatMul/Gemm).
+    kernel: usize,
+    /// Stored `[d, rows]` (MatMul, Gemm transB=0) rather than `[rows, d]`.
+    transposed: bool,
+}
+
+impl View {
+    fn of(op: &str, node: &crate::ir::Node, dims: &[i64]) -> Option<View> {
+        let d: Vec<usize> = dims
+            .iter()
+            .map(|&v| usize::try_from(v).ok())
+            .collect::<Option<_>>()?;
+        match op {
+            "Conv" if d.len() >= 3 => {
+                let groups = usize::try_from(node.attr_int("group").unwrap_or(1)).ok()?;
+                if groups == 0 || d[0] % groups != 0 {
+                    return None;
+                }
+                let kernel: usize = d[2..].iter().product();
+                Some(View {
+                    rows: d[0],
+                    d: d[1] * kernel,
+                    groups,
+                    kernel,
+                    transposed: false,
+                })
+            }
+            "MatMul" if d.len() == 2 => Some(View {
+                rows: d[1],
+                d: d[0],
+                groups: 1,
+                kernel: 1,
+                transposed: true,
+            }),
+            "Gemm" if d.len() == 2 => {
+                let t = node.attr_int("transB").unwrap_or(0) == 1;
+                Some(View {
+                    rows: if t { d[0] } else { d[1] },
+                    d: if t { d[1] } else { d[0] },
+                    groups: 1,
+                    kernel: 1,
+                    transposed: !t,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn at(&self, r: usize, j: usize) -> usize {
+        if self.transposed {
+            j * self.rows + r
+        } else {
+            r * self.d + j
+        }
+    }
+
+    /// The weight as a row-major `rows × d` matrix.
+    fn matrix(&self, values: &[f32]) -> Vec<f64> {
+        let mut m = vec![0f64; self.rows * self.d];
+        for r in 0..self.rows {
+            for j in 0..self.d {
+                m[r * self.d + j] = f64::from(values[self.at(r, j)]);
+            }
+        }
+        m
+    }
+
+    fn store(&self, m: &[f64], values: &mut [f32]) {
+        for r in 0..self.rows {
+            for j in 0..self.d {
+                values[self.at(r, j)] = m[r * self.d + j] as f32;
+            }
+        }
+    }
+
+    /// Column order in which N:M groups are consecutive: for a Conv, input
+    /// channels fastest at each kernel position (`p = k·C + c` visits
+    /// `j = c·K + k`); identity otherwise.
+    fn nm_order(&self) -> Vec<usize> {
+        let c = self.d / self.kernel;
+        (0..self.d).map(|p| (p % c) * self.kernel + p / c).collect()
+    }
+}
+
+/// How many zeros, or which pattern.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rule {
+    /// Exactly this many zeros in the layer.
+    Count(usize),
+    /// At most `n` non-zeros in every `m` consecutive columns (in visiting order).
+    Pattern { n: usize, m: usize },
+}
+
+/// `k` split over `parts`: the share of part `i` (shares differ by at most 1
+/// and add up to `k`).
+fn share(k: usize, parts: usize, i: usize) -> usize {
+    k * (i + 1) / parts - k * i / parts
+}
+
+/// Indices of the `k` smallest `scores` (ties: lower index first).
+fn lowest(scores: &[f64], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k, |&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
+        idx.truncate(k);
+    }
+    idx
+}
+
+/// Zero mask from per-element scores of a `rows × d` matrix, visiting columns
+/// in `order` for N:M. `per_row`: counts are split over rows (wanda) rather
+/// than taken over the whole layer (magnitude).
+fn mask_from_scores(
+    scores: &[f64],
+    rows: usize,
+    d: usize,
+    rule: Rule,
+    per_row: bool,
+    order: &[usize],
+) -> Vec<bool> {
+    let mut mask = vec![false; rows * d];
+    match rule {
+        Rule::Count(k) if !per_row => {
+            for i in lowest(scores, k) {
+                mask[i] = true;
+            }
+        }
+        Rule::Count(k) => {
+            for r in 0..rows {
+                let row = &scores[r * d..(r + 1) * d];
+                for j in lowest(row, share(k, rows, r)) {
+                    mask[r * d + j] = true;
+                }
+            }
+        }
+        Rule::Pattern { n, m } => {
+            for r in 0..rows {
+                for group in order.chunks(m) {
+                    let s: Vec<f64> = group.iter().map(|&j| scores[r * d + j]).collect();
+                    for g in lowest(&s, m - n) {
+                        mask[r * d + group[g]] = true;
+                    }
+                }
+            }
+        }
+    }
+    mask
+}
+
+/// `H + λI` with never-seen inputs set to 1 on the diagonal; `None` when `H`
+/// is all zero.
+fn damped(h: &[f64], d: usize) -> Option<Vec<f64>> {
+    let mean = (0..d).map(|i| h[i * d + i]).sum::<f64>() / d as f64;
+    if !(mean.is_finite() && mean > 0.0) {
+        return None;
+    }
+    let mut a = h.to_vec();
+    for i in 0..d {
+        if a[i * d + i] == 0.0 {
+            a[i * d + i] = 1.0;
+        }
+        a[i * d + i] += DAMP * mean;
+    }
+    Some(a)
+}
+
+/// SparseGPT on the row-major `rows × d` matrix `w` (columns already in
+/// visiting order) with `u` the upper Cholesky factor of the damped inverse
+/// Hessian. Returns the zero mask; `w` holds the updated weights, exact
+/// zeros where masked.
+fn sparsegpt(w: &mut [f64], rows: usize, d: usize, u: &[f64], rule: Rule) -> Vec<bool> {
+    let mut mask = vec![false; rows * d];
+    let mut errs = vec![0f64; BLOCK];
+    for i1 in (0..d).step_by(BLOCK) {
+        let i2 = (i1 + BLOCK).min(d);
+        let bw = i2 - i1;
+        if let Rule::Count(k) = rule {
+            // This block's share of the zeros, chosen among all rows.
+            let kb = k * i2 / d - k * i1 / d;
+            let mut sal = vec![0f64; rows * bw];
+            for r in 0..rows {
+                for j in i1..i2 {
+                    let v = w[r * d + j] / u[j * d + j];
+                    sal[r * bw + j - i1] = v * v;
+                }
+            }
+            for i in lowest(&sal, kb) {
+                mask[(i / bw) * d + i1 + i % bw] = true;
+            }
+        }
+        for r in 0..rows {
+            let row = &mut w[r * d..(r + 1) * d];
+            let mrow = &mut mask[r * d..(r + 1) * d];
+            for i in i1..i2 {
+                if let Rule::Pattern { n, m } = rule {
+                    if i % m == 0 {
+                        let end = (i + m).min(d);
+                        let s: Vec<f64> =
+                            (i..end).map(|j| (row[j] / u[j * d + j]).powi(2)).collect();
+                        for g in lowest(&s, (end - i).saturating_sub(n)) {
+                            mrow[i + g] = true;
+                        }
+                    }
+                }
+                let e = if mrow[i] { row[i] / u[i * d + i] } else { 0.0 };
+                errs[i - i1] = e;
+                if e != 0.0 {
+                    let ui = &u[i * d..(i + 1) * d];
+                    for j in i + 1..i2 {
+                        row[j] -= e * ui[j];
+                    }
+                }
+                if mrow[i] {
+                    row[i] = 0.0;
+                }
+            }
+            // The block's errors onto the rest of the row, at once.
+            for (bi, &e) in errs[..bw].iter().enumerate() {
+                if e != 0.0 {
+                    let ui = &u[(i1 + bi) * d..(i1 + bi + 1) * d];
+                    for j in i2..d {
+                        row[j] -= e * ui[j];
+                    }
+                }
+            }
+        }
+    }
+    mask
+}
+
+/// `Σ_rows w_rᵀ H w_r` for the rows `rows_of` of `w` (`d` wide).
+fn quad(w: &[f64], d: usize, h: &[f64], rows: std::ops::Range<usize>) -> f64 {
+    let mut total = 0.0;
+    for r in rows {
+        let row = &w[r * d..(r + 1) * d];
+        for a in 0..d {
+            if row[a] == 0.0 {
+                continue;
+            }
+            let ha = &h[a * d..(a + 1) * d];
+            let s: f64 = row.iter().zip(ha).map(|(x, y)| x * y).sum();
+            total += row[a] * s;
+        }
+    }
+    total
+}
+
+/// One weight to prune.
+struct Layer {
+    node: String,
+    weight: String,
+    dims: Vec<i64>,
+    values: Vec<f32>,
+    view: Option<View>,
+    /// Unstructured: this layer's own sparsity (local scope or override);
+    /// `None`: decided by the global ranking.
+    sparsity: Option<f64>,
+    gram: Option<Moments>,
+}
+
+/// What pruning one layer gave.
+struct Outcome {
+    values: Vec<f32>,
+    /// Layer output SQNR on the calibration second moments (with data).
+    sqnr_db: Option<f64>,
+}
+
+impl Layer {
+    fn params(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Per-group `(rows, H)`, `H` damped (data methods only).
+    fn hessians(&self) -> Option<Vec<Vec<f64>>> {
+        let (g, v) = (self.gram.as_ref()?, self.view?);
+        g.h.iter().map(|h| damped(h, v.d)).collect()
+    }
+
+    /// The scores of the global ranking, per element in weight order: each
+    /// weight's estimated cost divided by its layer's energy.
+    fn normalized(&self, method: Method) -> Result<Vec<f64>, String> {
+        let Some(view) = self.view.filter(|_| method != Method::Magnitude) else {
+            let energy: f64 = self.values.iter().map(|&v| f64::from(v).powi(2)).sum();
+            return Ok(self
+                .values
+                .iter()
+                .map(|&v| f64::from(v).powi(2) / energy.max(f64::MIN_POSITIVE))
+                .collect());
+        };
+        let hs = self
+            .hessians()
+            .ok_or("the input's second moments are all zero")?;
+        let gram = self.gram.as_ref().ok_or("no second moments")?;
+        let w = view.matrix(&self.values);
+        let (d, per) = (view.d, view.rows / view.groups);
+        let mut energy = 0.0;
+        let mut diag: Vec<Vec<f64>> = Vec::new();
+        for (g, (h, damped)) in gram.h.iter().zip(&hs).enumerate() {
+            energy += quad(&w, d, h, g * per..(g + 1) * per);
+            diag.push(if method == Method::Wanda {
+                (0..d).map(|j| h[j * d + j]).collect()
+            } else {
+                // 1 / (H⁻¹)_jj from U (Uᵀ U = H⁻¹): column j of U.
+                let u = linalg::inverse_upper_cholesky(damped, d)
+                    .ok_or("H is not positive definite after damping")?;
+                (0..d)
+                    .map(|j| 1.0 / (0..=j).map(|k| u[k * d + j].powi(2)).sum::<f64>())
+                    .collect()
+            });
+        }
+        let energy = energy.max(f64::MIN_POSITIVE);
+        let mut out = vec![0f64; self.values.len()];
+        for r in 0..view.rows {
+            for j in 0..d {
+                out[view.at(r, j)] = w[r * d + j].powi(2) * diag[r / per][j] / energy;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Prunes with `method` under `rule`.
+    fn prune(&self, method: Method, rule: Rule) -> Result<Outcome, String> {
+        let n = self.values.len();
+        let mut values = self.values.clone();
+        let Some(view) = self.view else {
+            // Magnitude over the flat weight (no row view needed).
+            let Rule::Count(k) = rule else {
+                return Err("n:m needs a Conv, MatMul or Gemm weight".into());
+            };
+            let scores: Vec<f64> = values.iter().map(|v| f64::from(v.abs())).collect();
+            for i in lowest(&scores, k) {
+                values[i] = 0.0;
+            }
+            return Ok(Outcome {
+                values,
+                sqnr_db: None,
+            });
+        };
+        let (rows, d) = (view.rows, view.d);
+        let order: Vec<usize> = match rule {
+            Rule::Pattern { .. } => view.nm_order(),
+            Rule::Count(_) => (0..d).collect(),
+        };
+        let w = view.matrix(&self.values);
+        let hs = match method {
+            Method::Sparsegpt => Some(
+                self.hessians()
+                    .ok_or("the input's second moments are all zero")?,
+            ),
+            _ => None,
+        };
+        let per = rows / view.groups;
+        let mut out = w.clone();
+        match (method, &hs) {
+            (Method::Sparsegpt, Some(hs)) => {
+                for (g, h) in hs.iter().enumerate() {
+                    // Rows and H of this group, columns in visiting order.
+                    let mut hp = vec![0f64; d * d];
+                    for a in 0..d {
+                        for b in 0..d {
+                            hp[a * d + b] = h[order[a] * d + order[b]];
+                        }
+                    }
+                    let u = linalg::inverse_upper_cholesky(&hp, d)
+                        .ok_or("H is not positive definite after damping")?;
+                    let mut wg = vec![0f64; per * d];
+                    for r in 0..per {
+                        for (p, &j) in order.iter().enumerate() {
+                            wg[r * d + p] = w[(g * per + r) * d + j];
+                        }
+                    }
+                    let grule = match rule {
+                        Rule::Count(k) => Rule::Count(share(k, view.groups, g)),
+                        nm => nm,
+                    };
+                    sparsegpt(&mut wg, per, d, &u, grule);
+                    for r in 0..per {
+                        for (p, &j) in order.iter().enumerate() {
+                            out[(g * per + r) * d + j] = wg[r * d + p];
+                        }
+                    }
+                }
+            }
+            _ => {
+                // Wanda's ‖X_j‖ per group; magnitude: 1.
+                let norms: Option<Vec<Vec<f64>>> = self
+                    .gram
+                    .as_ref()
+                    .filter(|_| method == Method::Wanda)
+                    .map(|gr| (0..gr.h.len()).map(|g| gr.column_norms(g)).collect());
+                let scores: Vec<f64> = (0..rows * d)
+                    .map(|i| {
+                        let (r, j) = (i / d, i % d);
+                        w[i].abs() * norms.as_ref().map_or(1.0, |n| n[r / per][j])
+                    })
+                    .collect();
+                let mask =
+                    mask_from_scores(&scores, rows, d, rule, method == Method::Wanda, &order);
+                for (v, m) in out.iter_mut().zip(mask) {
+                    if m {
+                        *v = 0.0;
+                    }
+                }
+            }
+        }
+        view.store(&out, &mut values);
+        debug_assert_eq!(values.len(), n);
+        let sqnr_db = self
+            .gram
+            .as_ref()
+            .filter(|_| method != Method::Magnitude)
+            .map(|gr| {
+                let mut energy = 0.0;
+                let mut err = 0.0;
+                let delta: Vec<f64> = out.iter().zip(&w).map(|(a, b)| a - b).collect();
+                for (g, h) in gr.h.iter().enumerate() {
+                    energy += quad(&w, d, h, g * per..(g + 1) * per);
+                    err += quad(&delta, d, h, g * per..(g + 1) * per);
+                }
+                if err <= 0.0 {
+                    f64::INFINITY
+                } else {
+                    10.0 * (energy / err).log10()
+                }
+            });
+        Ok(Outcome { values, sqnr_db })
+    }
+}
+
+fn method_name(m: Method) -> &'static str {
+    match m {
+        Method::Magnitude => "magnitude",
+        Method::Wanda => "wanda",
+        Method::Sparsegpt => "sparsegpt",
+    }
+}
+
+fn matches(m: &NodeMatch, name: &str) -> bool {
+    match m {
+        NodeMatch::Name(n) => n == name,
+        NodeMatch::Regex(r) => regex::Regex::new(&r.regex).is_ok_and(|re| re.is_match(name)),
+    }
+}
+
+/// Why node `id` is not pruned, if it is not.
+fn refusal(cfg: &Prune, g: &Graph, id: NodeId) -> Option<String> {
+    let n = g.node(id);
+    let name = n.name();
+    if cfg.overrides.get(name).is_some_and(|o| o.skip) {
+        return Some("overrides: skip".into());
+    }
+    if let Some(i) = cfg.exclude_nodes.iter().position(|m| matches(m, name)) {
+        return Some(format!("excluded by exclude_nodes[{i}]"));
+    }
+    if !cfg.include_nodes.is_empty() && !cfg.include_nodes.iter().any(|m| matches(m, name)) {
+        return Some("not in include_nodes".into());
+    }
+    let w = n.inputs.get(1).filter(|v| !v.is_empty())?;
+    let Some(t) = g.initializer(w) else {
+        return Some(format!("its weight {w:?} is not a constant initializer"));
+    };
+    if t.dtype() != DataType::Float {
+        return Some(format!("its weight {w:?} is {:?}, not float32", t.dtype()));
+    }
+    let users = g.uses(w).len();
+    if users > 1 {
+        return Some(format!(
+            "its weight {w:?} is read by {users} nodes (one mask cannot fit all of them)"
+        ));
+    }
+    if g.is_input(w) {
+        return Some(format!("its weight {w:?} is also a graph input"));
+    }
+    None
+}
+
+fn deflated(values: &[f32]) -> usize {
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(&bytes);
+    enc.finish().map(|v| v.len()).unwrap_or(0)
+}
+
+fn zeros(values: &[f32]) -> usize {
+    values.iter().filter(|&&v| v == 0.0).count()
+}
+
+/// The deflate size of every initializer's bytes, concatenated in order.
+fn model_deflated(g: &Graph) -> Result<usize, PassError> {
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    for t in g.initializers() {
+        let _ = enc.write_all(&t.packed_bytes()?);
+    }
+    Ok(enc.finish().map(|v| v.len()).unwrap_or(0))
+}
+
+fn nonzero_floats(g: &Graph) -> Result<usize, PassError> {
+    let mut n = 0;
+    for t in g
+        .initializers()
+        .iter()
+        .filter(|t| t.dtype() == DataType::Float)
+    {
+        n += t.to_f32()?.iter().filter(|&&v| v != 0.0).count();
+    }
+    Ok(n)
+}
+
+fn weight_bytes(g: &Graph) -> i64 {
+    g.initializers().iter().map(|t| t.byte_len() as i64).sum()
+}
+
+/// Runs unstructured or N:M pruning.
+pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassReport, PassError> {
+    let mut report = PassReport::with_counters(&[
+        "layers_pruned",
+        "layers_skipped",
+        "weights_zeroed",
+        "params_before",
+        "params_after",
+        "nonzero_params_before",
+        "nonzero_params_after",
+        "weight_bytes_before",
+        "weight_bytes_after",
+        "deflate_bytes_before",
+        "deflate_bytes_after",
+        "macs_before",
+        "macs_after",
+    ]);
+    report.count(
+        "constants_hoisted",
+        crate::passes::hoist_constants(&mut model.graph) as i64,
+    );
+    let before = crate::inspect::summarize(model);
+    report.count("params_before", before.parameters as i64);
+    report.count("macs_before", before.macs as i64);
+    report.count("weight_bytes_before", weight_bytes(&model.graph));
+    report.count("deflate_bytes_before", model_deflated(&model.graph)? as i64);
+    report.count(
+        "nonzero_params_before",
+        nonzero_floats(&model.graph)? as i64,
+    );
+
+    let nm = cfg.granularity == Granularity::Nm;
+    let (pn, pm) = cfg.pattern();
+    let g = &model.graph;
+    for name in cfg.overrides.keys() {
+        if !g.nodes().any(|(_, n)| n.name() == name) {
+            report
+                .warnings
+                .push(format!("overrides.{name} names no node of the model"));
+        }
+    }
+
+    // Which layers, and why not the others.
+    let mut layers: Vec<Layer> = Vec::new();
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    let mut jobs: Vec<MomentJob> = Vec::new();
+    for (id, n) in g.nodes() {
+        let op = n.op_type();
+        if !n.domain().is_empty() || !super::OPS.contains(&op) {
+            continue;
+        }
+        if !cfg.ops.iter().any(|o| o == op) {
+            skipped.push((n.label(), format!("{op} is not in `ops`")));
+            continue;
+        }
+        let constant = n.inputs.get(1).is_some_and(|w| g.initializer(w).is_some());
+        if !constant {
+            // An activation × activation MatMul: no weight to prune.
+            report.count("nodes_without_weight", 1);
+            report.details.push(
+                json!({ "node": n.label(), "skipped": "no constant weight (input 1 is computed)" }),
+            );
+            continue;
+        }
+        if let Some(why) = refusal(cfg, g, id) {
+            skipped.push((n.label(), why));
+            continue;
+        }
+        let Some(weight) = n.inputs.get(1).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        let Some(t) = g.initializer(weight) else {
+            continue;
+        };
+        let view = View::of(op, n, &t.dims);
+        if (nm || cfg.method != Method::Magnitude) && view.is_none() {
+            skipped.push((
+                n.label(),
+                format!(
+                    "{} needs a weight with output rows along the reduction axis (Conv, 2-D MatMul or Gemm weight); {:?} is {op} {:?}",
+                    if nm { "n:m".to_string() } else { format!("method: {}", method_name(cfg.method)) },
+                    weight,
+                    t.dims
+                ),
+            ));
+            continue;
+        }
+        if let (true, Some(v)) = (nm, view) {
+            let c = v.d / v.kernel;
+            if c % pm != 0 {
+                skipped.push((
+                    n.label(),
+                    format!(
+                        "pattern {pn}:{pm}: the reduction axis has {c} {} per {}, not a multiple of {pm}",
+                        if v.kernel > 1 { "input channels" } else { "elements" },
+                        if v.kernel > 1 { "kernel position" } else { "row" },
+                    ),
+                ));
+                continue;
+            }
+        }
+        if cfg.method != Method::Magnitude {
+            let job = MomentJob::for_node(g, id).filter(|j| {
+                let l = &j.layout;
+                l.row_len() == view.map_or(0, |v| v.d) && l.row_len() <= MAX_ROW
+            });
+            let Some(job) = job else {
+                skipped.push((
+                    n.label(),
+                    format!(
+                        "method: {} needs the input's second moments, gathered for Conv (no auto_pad, 1 or 2 spatial dims), MatMul and Gemm (transA=0) with rows of at most {} inputs",
+                        method_name(cfg.method),
+                        MAX_ROW
+                    ),
+                ));
+                continue;
+            };
+            jobs.push(job);
+        }
+        let sparsity = cfg
+            .overrides
+            .get(n.name())
+            .and_then(|o| o.sparsity)
+            .or((cfg.scope == Scope::Local).then(|| cfg.sparsity()));
+        layers.push(Layer {
+            node: n.label(),
+            weight: weight.clone(),
+            dims: t.dims.clone(),
+            values: t.to_f32()?,
+            view,
+            sparsity,
+            gram: None,
+        });
+    }
+    report.count("layers_skipped", skipped.len() as i64);
+
+    // Second moments of the layer inputs (wanda, sparsegpt).
+    let threads = ctx.threads.unwrap_or_else(crate::exec::default_threads);
+    if cfg.method != Method::Magnitude && !layers.is_empty() {
+        if ctx.data.is_none() {
+            return Err(PassError::Model(format!(
+                "method: {} needs calibration data: pass --data DATA.npz (method: magnitude needs none)",
+                method_name(cfg.method)
+            )));
+        }
+        let samples = calib::load_samples(model, ctx, None, &mut report)?;
+        report.count("calibration_samples", samples.len() as i64);
+        let moments = calib::second_moments(
+            model,
+            &jobs,
+            &samples,
+            ctx.model_dir.as_deref(),
+            threads,
+            MomentLimits::default(),
+            ctx.progress,
+        )?;
+        for (l, m) in layers.iter_mut().zip(moments) {
+            l.gram = m;
+        }
+        let (with, without): (Vec<Layer>, Vec<Layer>) =
+            layers.into_iter().partition(|l| l.gram.is_some());
+        for l in without {
+            skipped.push((
+                l.node,
+                "no float input was observed for it during calibration".into(),
+            ));
+            report.count("layers_skipped", 1);
+        }
+        layers = with;
+    }
+
+    // The zeros each layer gets.
+    let rules: Vec<Rule> = if nm {
+        vec![Rule::Pattern { n: pn, m: pm }; layers.len()]
+    } else {
+        let mut counts: Vec<usize> = layers
+            .iter()
+            .map(|l| {
+                l.sparsity
+                    .map_or(0, |s| (s * l.params() as f64).round() as usize)
+            })
+            .collect();
+        let pool: Vec<usize> = (0..layers.len())
+            .filter(|&i| layers[i].sparsity.is_none())
+            .collect();
+        if !pool.is_empty() {
+            let scored = parallel_map(&pool, threads, |_, &i| layers[i].normalized(cfg.method));
+            let mut all: Vec<(f64, usize)> = Vec::new();
+            for (&i, s) in pool.iter().zip(scored) {
+                let s = s.map_err(|e| PassError::Node {
+                    node: layers[i].node.clone(),
+                    message: e,
+                })?;
+                all.extend(s.into_iter().map(|v| (v, i)));
+            }
+            let total = (cfg.sparsity() * all.len() as f64).round() as usize;
+            let keys: Vec<f64> = all.iter().map(|p| p.0).collect();
+            for k in lowest(&keys, total) {
+                counts[all[k].1] += 1;
+            }
+        }
+        counts.into_iter().map(Rule::Count).collect()
+    };
+
+    let items: Vec<usize> = (0..layers.len()).collect();
+    let outcomes = parallel_map(&items, threads, |_, &i| {
+        layers[i].prune(cfg.method, rules[i])
+    });
+    let mut rows_text = Vec::new();
+    let (mut total_params, mut total_zeros) = (0usize, 0usize);
+    for ((layer, outcome), rule) in layers.iter().zip(outcomes).zip(&rules) {
+        let out = outcome.map_err(|e| PassError::Node {
+            node: layer.node.clone(),
+            message: e,
+        })?;
+        let (z0, z1) = (zeros(&layer.values), zeros(&out.values));
+        let (d0, d1) = (deflated(&layer.values), deflated(&out.values));
+        let params = layer.params();
+        total_params += params;
+        total_zeros += z1;
+        let sparsity = z1 as f64 / params.max(1) as f64;
+        report.count("layers_pruned", 1);
+        report.count("weights_zeroed", z1 as i64 - z0 as i64);
+        let mut detail = json!({
+            "node": layer.node,
+            "weight": layer.weight,
+            "shape": layer.dims,
+            "params": params,
+            "zeros_before": z0,
+            "zeros_after": z1,
+            "sparsity": (sparsity * 1e4).round() / 1e4,
+            "weight_bytes": params * 4,
+            "deflate_bytes_before": d0,
+            "deflate_bytes_after": d1,
+        });
+        if let Rule::Count(k) = rule {
+            detail["zeros_asked"] = json!(k);
+        }
+        if let Some(db) = out.sqnr_db {
+            detail["layer_sqnr_db"] = json!((db * 100.0).round() / 100.0);
+        }
+        report.details.push(detail);
+        rows_text.push(format!(
+            "  {:<40} {:>9} {:>8.2}% {:>10} → {:<10} {}",
+            layer.node,
+            params,
+            sparsity * 100.0,
+            d0,
+            d1,
+            out.sqnr_db
+                .map_or(String::new(), |db| format!("{db:.1} dB")),
+        ));
+        let mut t = model
+            .graph
+            .initializer(&layer.weight)
+            .cloned()
+            .ok_or_else(|| PassError::Model(format!("initializer {:?} vanished", layer.weight)))?;
+        let raw: Vec<u8> = out.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        t.set_raw(bytes::Bytes::from(raw));
+        model.graph.replace_initializer(t);
+    }
+    for (node, why) in &skipped {
+        report.details.push(json!({ "node": node, "skipped": why }));
+        report.warnings.push(format!("{node} not pruned: {why}"));
+    }
+    if !layers.is_empty() {
+        let what = if nm {
+            format!("pattern {pn}:{pm}")
+        } else {
+            format!("sparsity {} ({:?} scope)", cfg.sparsity(), cfg.scope).to_lowercase()
+        };
+        let mut table = format!(
+            "{} layers, method {}, {what}: {:.2}% of {total_params} weights are zero\n  {:<40} {:>9} {:>9} {:>23} {}\n",
+            layers.len(),
+            method_name(cfg.method),
+            100.0 * total_zeros as f64 / total_params.max(1) as f64,
+            "layer",
+            "params",
+            "sparsity",
+            "deflate bytes",
+            if cfg.method == Method::Magnitude { "" } else { "layer SQNR" },
+        );
+        table.push_str(&rows_text.join("\n"));
+        report.summary.push(table);
+    }
+
+    let after = crate::inspect::summarize(model);
+    report.count("params_after", after.parameters as i64);
+    report.count("macs_after", after.macs as i64);
+    report.count("weight_bytes_after", weight_bytes(&model.graph));
+    report.count("deflate_bytes_after", model_deflated(&model.graph)? as i64);
+    report.count("nonzero_params_after", nonzero_floats(&model.graph)? as i64);
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passes::calib::Layout;
+
+    fn lcg(seed: u64) -> impl FnMut() -> f64 {
+        let mut state = seed;
+        move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as f64 / (1u64 << 31) as f64) - 0.5
+        }
+    }
+
+    /// `rows` correlated input vectors of width `d`, and their Gram matrix.
+    fn correlated(d: usize, rows: usize, seed: u64) -> Vec<f64> {
+        let mut next = lcg(seed);
+        let mut h = vec![0f64; d * d];
+        for _ in 0..rows {
+            let common = next() * 4.0;
+            let x: Vec<f64> = (0..d)
+                .map(|j| common * (1.0 + j as f64 / d as f64) + next() * 0.5)
+                .collect();
+            for a in 0..d {
+                for b in 0..d {
+                    h[a * d + b] += x[a] * x[b];
+                }
+            }
+        }
+        h
+    }
+
+    fn layer(values: Vec<f32>, view: View, h: Option<Vec<f64>>) -> Layer {
+        Layer {
+            node: "n".into(),
+            weight: "w".into(),
+            dims: vec![view.d as i64, view.rows as i64],
+            view: Some(view),
+            sparsity: None,
+            gram: h.map(|h| Moments {
+                layout: Layout::Dense {
+                    k: view.d,
+                    n: view.rows,
+                    transposed: false,
+                },
+                h: vec![h],
+                positions: 1,
+                samples: 1,
+            }),
+            values,
+        }
+    }
+
+    fn dense(d: usize, rows: usize) -> View {
+        View {
+            rows,
+            d,
+            groups: 1,
+            kernel: 1,
+            transposed: true,
+        }
+    }
+
+    #[test]
+    fn sparsegpt_beats_wanda_and_magnitude_on_correlated_inputs() {
+        let (d, rows) = (32, 8);
+        let h = correlated(d, 400, 3);
+        let mut next = lcg(11);
+        let values: Vec<f32> = (0..d * rows).map(|_| next() as f32).collect();
+        let l = layer(values, dense(d, rows), Some(h));
+        let k = d * rows / 2;
+        let db = |m: Method, rule: Rule| l.prune(m, rule).unwrap().sqnr_db.unwrap();
+        // Magnitude has no SQNR of its own: measure it with the same H.
+        let mag = {
+            let mut lm = layer(
+                l.values.clone(),
+                dense(d, rows),
+                l.gram.as_ref().map(|g| g.h[0].clone()),
+            );
+            let out = lm.prune(Method::Magnitude, Rule::Count(k)).unwrap();
+            lm.values = out.values;
+            let w0 = dense(d, rows).matrix(&l.values);
+            let w1 = dense(d, rows).matrix(&lm.values);
+            let delta: Vec<f64> = w1.iter().zip(&w0).map(|(a, b)| a - b).collect();
+            let h = &l.gram.as_ref().unwrap().h[0];
+            10.0 * (quad(&w0, d, h, 0..rows) / quad(&delta, d, h, 0..rows)).log10()
+        };
+        let (wanda, sgpt) = (
+            db(Method::Wanda, Rule::Count(k)),
+            db(Method::Sparsegpt, Rule::Count(k)),
+        );
+        assert!(
+            sgpt > wanda + 3.0 && sgpt > mag + 3.0,
+            "sparsegpt {sgpt} wanda {wanda} magnitude {mag}"
+        );
+        let nm = Rule::Pattern { n: 2, m: 4 };
+        let (wanda, sgpt) = (db(Method::Wanda, nm), db(Method::Sparsegpt, nm));
+        assert!(sgpt > wanda + 3.0, "2:4 sparsegpt {sgpt} wanda {wanda}");
+    }
+
+    #[test]
+    fn counts_are_exact_and_patterns_hold() {
+        let (d, rows) = (24, 5);
+        let h = correlated(d, 100, 5);
+        let mut next = lcg(2);
+        let values: Vec<f32> = (0..d * rows).map(|_| next() as f32).collect();
+        let l = layer(values, dense(d, rows), Some(h));
+        for m in [Method::Magnitude, Method::Wanda, Method::Sparsegpt] {
+            for k in [0, 1, 37, 60, 119] {
+                let out = l.prune(m, Rule::Count(k)).unwrap();
+                assert_eq!(zeros(&out.values), k, "{m:?} {k}");
+            }
+            let out = l.prune(m, Rule::Pattern { n: 1, m: 4 }).unwrap();
+            let w = dense(d, rows).matrix(&out.values);
+            for r in 0..rows {
+                for g in 0..d / 4 {
+                    let nz = (0..4).filter(|&i| w[r * d + g * 4 + i] != 0.0).count();
+                    assert_eq!(nz, 1, "{m:?} row {r} group {g}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn conv_groups_run_along_input_channels() {
+        // [O=2, C=4, 1, 2]: kernel 2, so p = k·4 + c visits j = c·2 + k.
+        let v = View {
+            rows: 2,
+            d: 8,
+            groups: 1,
+            kernel: 2,
+            transposed: false,
+        };
+        assert_eq!(v.nm_order(), vec![0, 2, 4, 6, 1, 3, 5, 7]);
+        let values: Vec<f32> = (1..=16).map(|x| x as f32).collect();
+        let l = layer(values, v, None);
+        let out = l
+            .prune(Method::Magnitude, Rule::Pattern { n: 2, m: 4 })
+            .unwrap();
+        // Row 0 = 1..8: channels at kernel 0 are 1,3,5,7 → keep 5,7; kernel 1: 2,4,6,8 → keep 6,8.
+        assert_eq!(&out.values[..8], &[0.0, 0.0, 0.0, 0.0, 5.0, 6.0, 7.0, 8.0]);
+    }
+
+    #[test]
+    fn shares_add_up() {
+        for (k, parts) in [(7, 3), (0, 4), (10, 10), (5, 8)] {
+            let s: Vec<usize> = (0..parts).map(|i| share(k, parts, i)).collect();
+            assert_eq!(s.iter().sum::<usize>(), k);
+            assert!(s.iter().max().unwrap() - s.iter().min().unwrap() <= 1);
+        }
+    }
+}
