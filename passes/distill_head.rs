@@ -94,7 +94,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::select::{check_patterns, Matchers, NodeMatch};
 use super::{
@@ -191,7 +191,7 @@ fn int64() -> String {
 }
 
 /// A feature-matching term.
-#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Feature {
     /// The student tensor.
@@ -214,7 +214,7 @@ fn one() -> f64 {
 }
 
 /// How a feature pair is compared.
-#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "lowercase")]
 pub enum FeatureLoss {
     /// Mean squared error over all elements.
@@ -225,7 +225,7 @@ pub enum FeatureLoss {
 }
 
 /// The projection of a student feature.
-#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "lowercase")]
 pub enum Projection {
     /// Compare as is (widths must agree).

@@ -306,23 +306,8 @@ impl Config for LowRank {
                 ));
             }
         }
-        for (i, m) in self
-            .include_nodes
-            .iter()
-            .chain(&self.exclude_nodes)
-            .enumerate()
-        {
-            if let NodeMatch::Regex(r) = m {
-                if let Err(e) = regex::Regex::new(&r.regex) {
-                    let (list, k) = if i < self.include_nodes.len() {
-                        ("include_nodes", i)
-                    } else {
-                        ("exclude_nodes", i - self.include_nodes.len())
-                    };
-                    return Err(bad(format!("{list}[{k}].regex"), e.to_string()));
-                }
-            }
-        }
+        super::select::check_patterns(&self.include_nodes, "include_nodes")?;
+        super::select::check_patterns(&self.exclude_nodes, "exclude_nodes")?;
         for (name, o) in &self.overrides {
             let chosen = [o.rank.is_some(), o.energy.is_some(), o.ratio.is_some()];
             if chosen.iter().filter(|c| **c).count() > 1 {
@@ -338,14 +323,6 @@ impl Config for LowRank {
             check_fraction(&format!("overrides.{name}.ratio"), o.ratio, false)?;
         }
         Ok(())
-    }
-}
-
-fn matches(m: &NodeMatch, name: &str) -> bool {
-    match m {
-        NodeMatch::Name(n) => n == name,
-        // Checked in `Config::check`.
-        NodeMatch::Regex(r) => regex::Regex::new(&r.regex).is_ok_and(|re| re.is_match(name)),
     }
 }
 
@@ -538,10 +515,10 @@ impl LowRank {
                 continue;
             }
             let name = n.name().to_string();
-            let why = if let Some(i) = self.exclude_nodes.iter().position(|m| matches(m, &name)) {
+            let why = if let Some(i) = self.exclude_nodes.iter().position(|m| m.matches(&name)) {
                 Some(format!("excluded by exclude_nodes[{i}]"))
             } else if !self.include_nodes.is_empty()
-                && !self.include_nodes.iter().any(|m| matches(m, &name))
+                && !self.include_nodes.iter().any(|m| m.matches(&name))
             {
                 Some("not in include_nodes".to_string())
             } else if self.overrides.get(&name).is_some_and(|o| o.skip) {

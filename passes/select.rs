@@ -41,6 +41,14 @@ pub struct RegexMatch {
     pub regex: String,
 }
 
+impl NodeMatch {
+    /// Whether this pattern matches `name` (a regex is compiled on each call:
+    /// fine for a check per node; [`Matchers`] compiles a list once).
+    pub fn matches(&self, name: &str) -> bool {
+        Matcher::new(self).matches(name)
+    }
+}
+
 /// One compiled pattern.
 #[derive(Debug, Clone)]
 enum Matcher {

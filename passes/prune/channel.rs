@@ -88,13 +88,6 @@ pub fn shapes(model: &Model, ctx: &PassContext) -> Result<Shapes, PassError> {
     Ok(shapes)
 }
 
-fn matches(m: &NodeMatch, name: &str) -> bool {
-    match m {
-        NodeMatch::Name(n) => n == name,
-        NodeMatch::Regex(r) => regex::Regex::new(&r.regex).is_ok_and(|re| re.is_match(name)),
-    }
-}
-
 /// Checks that exact names given in include/exclude/overrides exist.
 fn check_names(cfg: &Prune, g: &Graph, report: &mut PassReport) -> Result<(), PassError> {
     let names: Vec<&str> = g.nodes().map(|(_, n)| n.name()).collect();
@@ -113,12 +106,9 @@ fn check_names(cfg: &Prune, g: &Graph, report: &mut PassReport) -> Result<(), Pa
                 NodeMatch::Name(n) if !names.contains(&n.as_str()) => {
                     return Err(missing(format!("{field}[{i}]"), n))
                 }
-                NodeMatch::Regex(r) if !names.iter().any(|n| matches(m, n)) => {
-                    report.warnings.push(format!(
-                        "{field}[{i}]: regex {:?} matches no node name",
-                        r.regex
-                    ))
-                }
+                NodeMatch::Regex(r) if !names.iter().any(|n| m.matches(n)) => report.warnings.push(
+                    format!("{field}[{i}]: regex {:?} matches no node name", r.regex),
+                ),
                 _ => {}
             }
         }
@@ -138,7 +128,7 @@ fn filtered(cfg: &Prune, g: &Group, ops: &BTreeMap<String, String>) -> Option<St
         if !cfg.ops.iter().any(|o| o == op) {
             return Some(format!("{op} {name:?} is not in `ops`"));
         }
-        if let Some(i) = cfg.exclude_nodes.iter().position(|m| matches(m, name)) {
+        if let Some(i) = cfg.exclude_nodes.iter().position(|m| m.matches(name)) {
             return Some(format!("{name:?} is excluded by exclude_nodes[{i}]"));
         }
         if cfg.overrides.get(name).is_some_and(|o| o.skip) {
@@ -149,7 +139,7 @@ fn filtered(cfg: &Prune, g: &Group, ops: &BTreeMap<String, String>) -> Option<St
         && !g
             .producers
             .iter()
-            .any(|p| cfg.include_nodes.iter().any(|m| matches(m, p)))
+            .any(|p| cfg.include_nodes.iter().any(|m| m.matches(p)))
     {
         return Some("no producer is in include_nodes".into());
     }
@@ -1293,7 +1283,7 @@ pub(crate) mod tests {
         let r = e(serde_json::json!({"ratio": 1.0}));
         assert_eq!(
             (r.field.as_str(), r.message.as_str()),
-            ("ratio", "must be in [0, 1)")
+            ("ratio", "must be in [0, 1), got 1")
         );
         assert_eq!(
             e(serde_json::json!({"target": {"macs": 0.0}})).field,

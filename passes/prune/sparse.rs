@@ -62,7 +62,6 @@ use crate::exec::parallel_map;
 use crate::ir::{DataType, Graph, Model, NodeId};
 use crate::passes::calib::{self, moments::MAX_ROW, MomentJob, MomentLimits, Moments};
 use crate::passes::linalg;
-use crate::passes::select::NodeMatch;
 use crate::passes::{PassContext, PassError, PassReport};
 
 /// Columns per lazy-batch block of SparseGPT.
@@ -515,13 +514,6 @@ fn method_name(m: Method) -> &'static str {
     }
 }
 
-fn matches(m: &NodeMatch, name: &str) -> bool {
-    match m {
-        NodeMatch::Name(n) => n == name,
-        NodeMatch::Regex(r) => regex::Regex::new(&r.regex).is_ok_and(|re| re.is_match(name)),
-    }
-}
-
 /// Why node `id` is not pruned, if it is not.
 fn refusal(cfg: &Prune, g: &Graph, id: NodeId) -> Option<String> {
     let n = g.node(id);
@@ -529,10 +521,10 @@ fn refusal(cfg: &Prune, g: &Graph, id: NodeId) -> Option<String> {
     if cfg.overrides.get(name).is_some_and(|o| o.skip) {
         return Some("overrides: skip".into());
     }
-    if let Some(i) = cfg.exclude_nodes.iter().position(|m| matches(m, name)) {
+    if let Some(i) = cfg.exclude_nodes.iter().position(|m| m.matches(name)) {
         return Some(format!("excluded by exclude_nodes[{i}]"));
     }
-    if !cfg.include_nodes.is_empty() && !cfg.include_nodes.iter().any(|m| matches(m, name)) {
+    if !cfg.include_nodes.is_empty() && !cfg.include_nodes.iter().any(|m| m.matches(name)) {
         return Some("not in include_nodes".into());
     }
     let w = n.inputs.get(1).filter(|v| !v.is_empty())?;
