@@ -166,7 +166,7 @@ impl Default for DistillHead {
 }
 
 /// One student output and the teacher output it learns from.
-#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OutputPair {
     /// The student's output (logits).
@@ -176,14 +176,19 @@ pub struct OutputPair {
 }
 
 /// The labels input of the cross-entropy term.
-#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Labels {
     /// Name of the new graph input.
+    #[serde(default = "labels")]
     pub name: String,
     /// Its element type: `int64` or `int32` (class indices).
     #[serde(default = "int64")]
     pub dtype: String,
+}
+
+fn labels() -> String {
+    "labels".into()
 }
 
 fn int64() -> String {
@@ -236,7 +241,7 @@ pub enum Projection {
 }
 
 /// Where the teacher's outputs come from.
-#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "lowercase")]
 pub enum SoftTargets {
     /// Graft the teacher into the graph.
@@ -247,7 +252,7 @@ pub enum SoftTargets {
 }
 
 /// Include/exclude filters over the student's initializer names.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Trainable {
     /// Only these are trainable (default: every student float weight):

@@ -198,7 +198,7 @@ pub enum SvdMethod {
 }
 
 /// A global target (exactly one field).
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     /// Fraction of the candidate layers' weights to keep, in (0, 1).
@@ -214,7 +214,7 @@ pub struct Target {
 }
 
 /// Per-node settings.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LayerOverride {
     /// Rank of this node.

@@ -318,12 +318,12 @@ pub fn plan(
         .collect();
     if cfg.importance == Importance::Activation {
         return Err(PassError::Model(
-            "importance: activation needs the shared channel statistics (passes/calib), not on this branch yet; use l1 or l2".into(),
+            "importance: activation is not built yet for channel pruning; use l1 or l2".into(),
         ));
     }
     if cfg.reconstruct == Some(true) {
         return Err(PassError::Model(
-            "reconstruct: true is not built on this branch yet".into(),
+            "reconstruct: true is not built yet for channel pruning".into(),
         ));
     }
     let fates: Vec<Fate> = analysis
@@ -380,7 +380,7 @@ pub fn plan(
                 (_, Some(p)) => ((params0 as f64 * p), false, "params"),
                 _ => {
                     return Err(PassError::Model(
-                        "target.min_sqnr_db is not built on this branch yet (the shared target search has not landed); use target.macs or target.params".into(),
+                        "target.min_sqnr_db is not built yet for channel pruning; use target.macs or target.params".into(),
                     ))
                 }
             };
