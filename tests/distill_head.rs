@@ -436,7 +436,7 @@ fn the_formula_matches_pytorch() {
 }
 
 /// Must-show 4: `teacher: input` after another pass of the same pipeline
-/// (fold-batchnorm: `prune` does not exist on this branch), soft-target
+/// (fold-batchnorm; after `prune`: see the trained-pair test), soft-target
 /// inputs, and a feature term with a least-squares projection.
 #[test]
 fn teacher_input_after_fold_batchnorm() {
@@ -688,5 +688,71 @@ fn errors_are_clear() {
     assert!(
         err.contains("name clash after prefixing") && err.contains("teacher/stem.0.weight"),
         "{err}"
+    );
+}
+
+/// The first `n` calibration inputs of the trained digits fixtures
+/// (x [n,1,8,8]) and their labels [n].
+fn digits_batch(n: usize) -> (Array, Array, Vec<i64>) {
+    let dir = common::root().join("fixtures/trained");
+    let find = |file: &str, key: &str| {
+        let arrays = whittle::data::read_npz(&dir.join(file)).unwrap();
+        arrays.into_iter().find(|(k, _)| k == key).unwrap().1
+    };
+    let x = find("digits_student.calib.npz", "x");
+    let x = Array::new(
+        DataType::Float,
+        vec![n, 1, 8, 8],
+        x.data[..n * 64 * 4].to_vec(),
+    )
+    .unwrap();
+    let y = find("digits_student.labels.npz", "calib_labels");
+    let y = Array::new(DataType::Int64, vec![n], y.data[..n * 8].to_vec()).unwrap();
+    let values = y
+        .data
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (x, y, values)
+}
+
+/// Must-shows 1 and 4 on the trained pair (scikit-learn digits, with labels):
+/// student `digits_student` (19.7k parameters) grafted with teacher
+/// `digits_cnn` (151k), and `teacher: input` after channel pruning in the
+/// same pipeline; the losses equal the formula on separate runs.
+#[test]
+fn trained_digits_pair_and_teacher_input_after_prune() {
+    let dir = common::root().join("fixtures/trained");
+    let (x, y, label_values) = digits_batch(8);
+    let logits = |m: &Model| floats(output(&run(m, &dir, &[("x", x.clone())]), "logits"));
+    let student = dir.join("digits_student.onnx");
+    let cnn = dir.join("digits_cnn.onnx");
+    let pipeline = "version: 1\npasses:\n  - distill-head: { teacher: fixtures/trained/digits_cnn.onnx, temperature: 3, alpha: 0.5, labels: { name: labels } }\n";
+    let (model, _) = graft(pipeline, &student, None).unwrap();
+    let outs = run(&model, &dir, &[("x", x.clone()), ("labels", y.clone())]);
+    let s = logits(&whittle::onnx::load(&student).unwrap());
+    let t = logits(&whittle::onnx::load(&cnn).unwrap());
+    let (kd, ce) = reference(&s, &t, 10, 3.0, &label_values);
+    assert_close(scalar(&outs, "kd_loss"), kd, "kd_loss");
+    assert_close(scalar(&outs, "ce_loss"), ce, "ce_loss");
+    assert_close(scalar(&outs, "loss"), 0.5 * kd + 0.5 * ce, "loss");
+    assert_eq!(floats(output(&outs, "logits")), s);
+
+    // `teacher: input` after `prune`: the teacher is digits_cnn as it entered.
+    let prune = "version: 1\npasses:\n  - prune: { target: { macs: 0.5 } }\n";
+    let pipeline = format!("{prune}  - distill-head: {{ teacher: input, temperature: 2 }}\n");
+    let (model, runs) = graft(&pipeline, &cnn, None).unwrap();
+    let c = &runs[0].report.counters;
+    assert!(c["macs_after"] * 10 <= c["macs_before"] * 6, "{c:?}");
+    let outs = run(&model, &dir, &[("x", x.clone())]);
+    let (pruned, _) = graft(prune, &cnn, None).unwrap();
+    let s = logits(&pruned);
+    let (kd, _) = reference(&s, &t, 10, 2.0, &[]);
+    assert_close(scalar(&outs, "kd_loss"), kd, "kd_loss after prune");
+    assert_close(scalar(&outs, "loss"), kd, "loss after prune");
+    assert_eq!(
+        floats(output(&outs, "logits")),
+        s,
+        "the pruned student's own logits"
     );
 }

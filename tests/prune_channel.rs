@@ -121,7 +121,10 @@ fn bad_options_fail_naming_the_yaml_path() {
             "target.macs: must be in (0, 1]",
         ),
         ("      importance: l3", "did you mean `l1`"),
-        ("      ratio: 0.5\n      target: { macs: 0.5 }", "exclusive"),
+        (
+            "      ratio: 0.5\n      target: { macs: 0.5 }",
+            "give either `ratio` or `target`, not both",
+        ),
         (
             "      ratio: 0.5\n      pattern: \"2:4\"",
             "`pattern` applies to granularity",
