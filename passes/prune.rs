@@ -498,10 +498,15 @@ impl Config for Prune {
 
 impl Pass for Prune {
     fn run(&self, model: &mut Model, ctx: &PassContext) -> Result<PassReport, PassError> {
-        match self.granularity {
-            Granularity::Channel => channel::run(self, model, ctx),
-            Granularity::Unstructured | Granularity::Nm => sparse::run(self, model, ctx),
-        }
+        // Weights written as Constant nodes become initializers first, for
+        // both granularities.
+        let hoisted = super::hoist_constants(&mut model.graph);
+        let mut report = match self.granularity {
+            Granularity::Channel => channel::run(self, model, ctx)?,
+            Granularity::Unstructured | Granularity::Nm => sparse::run(self, model, ctx)?,
+        };
+        report.count("constants_hoisted", hoisted as i64);
+        Ok(report)
     }
 }
 

@@ -13,31 +13,12 @@ use std::path::{Path, PathBuf};
 
 use whittle::ir::{DataType, Model};
 
+use common::run_fixture as run;
+
 fn pipeline(dir: &Path, name: &str, options: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, format!("version: 1\npasses:\n  - prune:\n{options}\n")).unwrap();
     p
-}
-
-/// `whittle run` on a fixture (with its data unless `no_data`); the stderr.
-fn run(config: &Path, fixture: &str, out: &Path, extra: &[&str]) -> String {
-    let input = common::fixture(&format!("{fixture}.onnx"));
-    let data = common::fixture(&format!("{fixture}.data.npz"));
-    let mut args = vec![
-        "run",
-        config.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let o = common::whittle(&args);
-    let (stdout, stderr) = common::text(&o);
-    assert!(o.status.success(), "whittle {args:?}:\n{stdout}\n{stderr}");
-    stderr
 }
 
 /// Every Conv/Gemm/MatMul constant float weight of a saved model, by node

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use whittle::data::Array;
 use whittle::ir::{DataType, Model};
 
+use common::{run_fixture as quantize, run_pipeline};
+
 /// The fixtures the onnxruntime checks run on.
 const FIXTURES: &[&str] = &["conv_bn_relu", "mlp", "resnet_tiny", "transformer_tiny"];
 
@@ -48,28 +50,6 @@ fn pipeline(dir: &Path, name: &str, options: &str) -> PathBuf {
     )
     .unwrap();
     p
-}
-
-fn quantize(config: &Path, fixture: &str, out: &Path, extra: &[&str]) -> String {
-    let input = common::fixture(&format!("{fixture}.onnx"));
-    let data = common::fixture(&format!("{fixture}.data.npz"));
-    run_pipeline(config, &input, &data, out, extra)
-}
-
-/// `whittle run CONFIG --input INPUT --output OUT --data DATA EXTRA...`; its stderr.
-fn run_pipeline(config: &Path, input: &Path, data: &Path, out: &Path, extra: &[&str]) -> String {
-    let mut args = vec![
-        "run",
-        config.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    run_ok(&args)
 }
 
 /// Whether `whittle validate ORIGINAL MODEL --data DATA --min-sqnr DB` passes.

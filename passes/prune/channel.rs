@@ -669,10 +669,6 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
         "macs_before",
         "macs_after",
     ]);
-    report.count(
-        "constants_hoisted",
-        crate::passes::hoist_constants(&mut model.graph) as i64,
-    );
     let before = crate::inspect::summarize(model);
     let plan = plan(cfg, model, ctx, &mut report)?;
     let g = &model.graph;

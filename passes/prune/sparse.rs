@@ -600,10 +600,6 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
         "macs_before",
         "macs_after",
     ]);
-    report.count(
-        "constants_hoisted",
-        crate::passes::hoist_constants(&mut model.graph) as i64,
-    );
     let before = crate::inspect::summarize(model);
     report.count("params_before", before.parameters as i64);
     report.count("macs_before", before.macs as i64);

@@ -177,3 +177,39 @@ pub fn tract_outputs(model_path: &Path, data: &Path) -> PathBuf {
     write_npz(&path, &arrays);
     path
 }
+
+/// `whittle run CONFIG --input INPUT --output OUT --data DATA EXTRA...`,
+/// which must succeed; its stderr.
+pub fn run_pipeline(
+    config: &Path,
+    input: &Path,
+    data: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> String {
+    let mut args = vec![
+        "run",
+        config.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = whittle(&args);
+    let (stdout, stderr) = text(&o);
+    assert!(
+        o.status.success(),
+        "whittle {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    stderr
+}
+
+/// [`run_pipeline`] on `fixtures/FIXTURE.onnx` with `fixtures/FIXTURE.data.npz`.
+pub fn run_fixture(config: &Path, name: &str, out: &Path, extra: &[&str]) -> String {
+    let input = fixture(&format!("{name}.onnx"));
+    let data = fixture(&format!("{name}.data.npz"));
+    run_pipeline(config, &input, &data, out, extra)
+}
