@@ -159,24 +159,79 @@ fn propagate(g: &Graph) -> (u64, usize, HashMap<String, Vec<i64>>) {
     for t in g.initializers() {
         shapes.insert(t.name().to_string(), t.dims.clone());
     }
-    let const_ints = |name: &str| -> Option<Vec<i64>> {
-        let t = g.initializer(name)?;
-        let b = t.packed_bytes().ok()?;
-        match t.dtype() {
-            crate::ir::DataType::Int64 => Some(
-                b.chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-                    .collect(),
-            ),
-            _ => None,
+    // Values of small integer tensors (shape arithmetic: `Shape` -> `Gather`
+    // -> `Concat` -> `Reshape`, as exporters emit for dynamic dims).
+    let mut values: HashMap<String, Vec<i64>> = HashMap::new();
+    for t in g.initializers() {
+        if let Some(v) = small_ints(t) {
+            values.insert(t.name().to_string(), v);
         }
-    };
+    }
+    // Small float constants: Resize scales.
+    let mut scales: HashMap<String, Vec<f32>> = HashMap::new();
+    for t in g.initializers() {
+        if t.dtype().is_float() && t.dims.iter().product::<i64>() <= 64 {
+            if let Ok(v) = t.to_f32() {
+                scales.insert(t.name().to_string(), v);
+            }
+        }
+    }
     let (mut macs, mut unknown) = (0u64, 0usize);
     let Ok(order) = g.topological_order() else {
         return (0, 0, shapes);
     };
     for id in order {
         let n = g.node(id);
+        if n.domain().is_empty() && n.op_type() == "Constant" {
+            if let Some(crate::ir::AttrValue::Tensor(t)) = n.attr("value").map(|a| &a.value) {
+                if t.dtype().is_float() && t.dims.iter().product::<i64>() <= 64 {
+                    if let (Some(o), Ok(v)) = (n.outputs.first(), t.to_f32()) {
+                        scales.insert(o.clone(), v);
+                    }
+                }
+            }
+        }
+        if n.domain().is_empty() && n.op_type() == "Resize" {
+            let s = n.inputs.first().and_then(|v| shapes.get(v)).cloned();
+            let sizes = n.inputs.get(3).and_then(|v| values.get(v)).cloned();
+            let sc = n.inputs.get(2).and_then(|v| scales.get(v)).cloned();
+            let out = match (s, sizes, sc) {
+                (Some(_), Some(z), _) => Some(z),
+                (Some(s), None, Some(f)) if f.len() == s.len() => Some(
+                    s.iter()
+                        .zip(&f)
+                        .map(|(&d, &k)| (d as f64 * f64::from(k)).floor() as i64)
+                        .collect(),
+                ),
+                _ => None,
+            };
+            if let (Some(o), Some(out)) = (n.outputs.first(), out) {
+                shapes.entry(o.clone()).or_insert(out);
+            }
+            continue;
+        }
+        if n.domain().is_empty() && n.op_type() == "Split" {
+            for (o, s) in n
+                .outputs
+                .iter()
+                .zip(split_shapes(n, &shapes, &values).unwrap_or_default())
+            {
+                shapes.entry(o.clone()).or_insert(s);
+            }
+            continue;
+        }
+        if n.domain().is_empty() {
+            if let Some((shape, value)) = shape_arithmetic(n, &shapes, &values) {
+                if let Some(o) = n.outputs.first() {
+                    shapes.entry(o.clone()).or_insert(shape);
+                    if let Some(v) = value {
+                        values.insert(o.clone(), v);
+                    }
+                }
+                continue;
+            }
+        }
+        let const_ints = |name: &str| values.get(name).cloned();
         let input = |i: usize| n.inputs.get(i).and_then(|v| shapes.get(v)).cloned();
         let out: Option<Vec<i64>> = match n.op_type() {
             "Conv" | "ConvTranspose" | "ConvInteger" => conv_shape(n, input(0), input(1)),
@@ -447,6 +502,258 @@ fn broadcast(shapes: &[Vec<i64>]) -> Option<Vec<i64>> {
         }
     }
     Some(out)
+}
+
+/// The values of an integer tensor of at most 64 elements.
+fn small_ints(t: &crate::ir::Tensor) -> Option<Vec<i64>> {
+    let count: i64 = t.dims.iter().product();
+    if !(0..=64).contains(&count) {
+        return None;
+    }
+    let b = t.packed_bytes().ok()?;
+    match t.dtype() {
+        crate::ir::DataType::Int64 => Some(
+            b.chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect(),
+        ),
+        crate::ir::DataType::Int32 => Some(
+            b.chunks_exact(4)
+                .map(|c| i64::from(i32::from_le_bytes(c.try_into().unwrap_or([0; 4]))))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// The output shapes of a Split: sizes from its input or attribute, else equal parts.
+fn split_shapes(
+    n: &crate::ir::Node,
+    shapes: &HashMap<String, Vec<i64>>,
+    values: &HashMap<String, Vec<i64>>,
+) -> Option<Vec<Vec<i64>>> {
+    let s = shapes.get(n.inputs.first()?)?;
+    let axis = n.attr_int("axis").unwrap_or(0);
+    let axis = usize::try_from(if axis < 0 {
+        axis + s.len() as i64
+    } else {
+        axis
+    })
+    .ok()?;
+    let len = *s.get(axis)?;
+    let sizes: Vec<i64> = match n
+        .attr_ints("split")
+        .map(<[i64]>::to_vec)
+        .or_else(|| n.inputs.get(1).and_then(|v| values.get(v)).cloned())
+    {
+        Some(v) => v,
+        None => {
+            let parts = n.outputs.len() as i64;
+            let each = (len + parts - 1) / parts.max(1);
+            (0..parts)
+                .map(|i| each.min(len - i * each).max(0))
+                .collect()
+        }
+    };
+    Some(
+        sizes
+            .iter()
+            .map(|&k| {
+                let mut o = s.clone();
+                o[axis] = k;
+                o
+            })
+            .collect(),
+    )
+}
+
+/// Output shape and (for small integer tensors) value of the ops that
+/// exporters build shapes with; `None` for every other op.
+fn shape_arithmetic(
+    n: &crate::ir::Node,
+    shapes: &HashMap<String, Vec<i64>>,
+    values: &HashMap<String, Vec<i64>>,
+) -> Option<(Vec<i64>, Option<Vec<i64>>)> {
+    let shape = |i: usize| n.inputs.get(i).and_then(|v| shapes.get(v));
+    let value = |i: usize| n.inputs.get(i).and_then(|v| values.get(v));
+    let norm = |a: i64, rank: usize| {
+        let a = if a < 0 { a + rank as i64 } else { a };
+        usize::try_from(a).ok().filter(|&a| a <= rank)
+    };
+    match n.op_type() {
+        "Constant" => {
+            let t = match &n.attr("value")?.value {
+                crate::ir::AttrValue::Tensor(t) => t,
+                _ => return None,
+            };
+            Some((t.dims.clone(), small_ints(t)))
+        }
+        "Shape" => {
+            let s = shape(0)?;
+            let r = s.len();
+            let start = norm(n.attr_int("start").unwrap_or(0), r)?.min(r);
+            let end = norm(n.attr_int("end").unwrap_or(r as i64), r)
+                .unwrap_or(r)
+                .min(r);
+            let v = s.get(start..end.max(start))?.to_vec();
+            Some((vec![v.len() as i64], Some(v)))
+        }
+        "Gather" => {
+            let (data, idx) = (shape(0)?, shape(1)?);
+            let axis = norm(n.attr_int("axis").unwrap_or(0), data.len())?;
+            let mut out = data.get(..axis)?.to_vec();
+            out.extend(idx);
+            out.extend(data.get(axis + 1..)?);
+            let picked = match (value(0), value(1)) {
+                (Some(v), Some(i)) if data.len() == 1 => i
+                    .iter()
+                    .map(|&k| {
+                        let k = if k < 0 { k + v.len() as i64 } else { k };
+                        v.get(usize::try_from(k).ok()?).copied()
+                    })
+                    .collect(),
+                _ => None,
+            };
+            Some((out, picked))
+        }
+        "Unsqueeze" | "Squeeze" => {
+            let s = shape(0)?;
+            let axes: Option<Vec<i64>> = n
+                .attr_ints("axes")
+                .map(<[i64]>::to_vec)
+                .or_else(|| value(1).cloned());
+            let out = if n.op_type() == "Unsqueeze" {
+                let axes = axes?;
+                let r = s.len() + axes.len();
+                let mut axes: Vec<usize> =
+                    axes.iter().map(|&a| norm(a, r)).collect::<Option<_>>()?;
+                axes.sort_unstable();
+                let mut rest = s.iter();
+                (0..r)
+                    .map(|i| {
+                        if axes.contains(&i) {
+                            Some(1)
+                        } else {
+                            rest.next().copied()
+                        }
+                    })
+                    .collect::<Option<Vec<i64>>>()?
+            } else {
+                match axes {
+                    Some(axes) => {
+                        let axes: Vec<usize> = axes
+                            .iter()
+                            .map(|&a| norm(a, s.len()))
+                            .collect::<Option<_>>()?;
+                        s.iter()
+                            .enumerate()
+                            .filter(|(i, _)| !axes.contains(i))
+                            .map(|(_, &d)| d)
+                            .collect()
+                    }
+                    None => s.iter().copied().filter(|&d| d != 1).collect(),
+                }
+            };
+            Some((out, value(0).cloned()))
+        }
+        "Concat" if n.inputs.iter().all(|v| values.contains_key(v)) => {
+            let v: Vec<i64> = n.inputs.iter().flat_map(|i| values[i].clone()).collect();
+            Some((vec![v.len() as i64], Some(v)))
+        }
+        "Cast" | "Identity" if value(0).is_some() => Some((shape(0)?.clone(), value(0).cloned())),
+        "Slice" => {
+            let s = shape(0)?;
+            let (starts, ends) = (value(1)?, value(2)?);
+            let axes: Vec<i64> = match value(3) {
+                Some(a) => a.clone(),
+                None => (0..starts.len() as i64).collect(),
+            };
+            let steps: Vec<i64> = value(4).cloned().unwrap_or_else(|| vec![1; starts.len()]);
+            let mut out = s.clone();
+            let mut range = None;
+            for (k, &a) in axes.iter().enumerate() {
+                let a = norm(a, s.len()).filter(|&a| a < s.len())?;
+                let len = s[a];
+                let step = *steps.get(k)?;
+                if step != 1 {
+                    return None;
+                }
+                let clamp = |x: i64| if x < 0 { (x + len).max(0) } else { x.min(len) };
+                let (lo, hi) = (clamp(*starts.get(k)?), clamp(*ends.get(k)?));
+                out[a] = (hi - lo).max(0);
+                range = Some((lo as usize, hi.max(lo) as usize));
+            }
+            let picked = match (value(0), range) {
+                (Some(v), Some((lo, hi))) if s.len() == 1 => Some(v.get(lo..hi)?.to_vec()),
+                _ => None,
+            };
+            Some((out, picked))
+        }
+        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2" => {
+            let s = shape(0)?;
+            let axes: Vec<usize> = match n
+                .attr_ints("axes")
+                .map(<[i64]>::to_vec)
+                .or_else(|| value(1).cloned())
+            {
+                Some(a) => a
+                    .iter()
+                    .map(|&a| norm(a, s.len()).filter(|&a| a < s.len()))
+                    .collect::<Option<_>>()?,
+                None => (0..s.len()).collect(),
+            };
+            let keep = n.attr_int("keepdims").unwrap_or(1) == 1;
+            let out = s
+                .iter()
+                .enumerate()
+                .filter_map(|(i, &d)| match (axes.contains(&i), keep) {
+                    (false, _) => Some(d),
+                    (true, true) => Some(1),
+                    (true, false) => None,
+                })
+                .collect();
+            Some((out, None))
+        }
+        "Reshape" if value(0).is_some() => {
+            let v = value(0)?;
+            let out = reshape(&[v.len() as i64], value(1)?)?;
+            Some((out, Some(v.clone())))
+        }
+        "Add" | "Sub" | "Mul" | "Div" | "Mod" if value(0).is_some() && value(1).is_some() => {
+            let (a, b) = (value(0)?, value(1)?);
+            let len = a.len().max(b.len());
+            let at = |v: &Vec<i64>, i: usize| if v.len() == 1 { v[0] } else { v[i] };
+            if (a.len() != len && a.len() != 1) || (b.len() != len && b.len() != 1) {
+                return None;
+            }
+            let out: Option<Vec<i64>> = (0..len)
+                .map(|i| {
+                    let (x, y) = (at(a, i), at(b, i));
+                    match n.op_type() {
+                        "Add" => x.checked_add(y),
+                        "Sub" => x.checked_sub(y),
+                        "Mul" => x.checked_mul(y),
+                        // Integer Mod takes the divisor's sign (fmod = 0).
+                        "Mod" => x.checked_rem(y).map(|r| {
+                            if r != 0 && (r < 0) != (y < 0) {
+                                r + y
+                            } else {
+                                r
+                            }
+                        }),
+                        _ => x.checked_div(y),
+                    }
+                })
+                .collect();
+            let s = if a.len() >= b.len() {
+                shape(0)?
+            } else {
+                shape(1)?
+            };
+            Some((s.clone(), Some(out?)))
+        }
+        _ => None,
+    }
 }
 
 fn reshape(input: &[i64], target: &[i64]) -> Option<Vec<i64>> {

@@ -53,3 +53,45 @@ fn inspect_summarises_the_conv_net() {
     let expected = 16 * 16 * 8 * (3 * 9) + 16 * 16 * 8 * (8 * 9) + 512 * 10;
     assert_eq!(v["macs"], expected);
 }
+
+#[test]
+fn inspect_follows_exporter_shape_arithmetic_and_agrees_with_tract() {
+    // The trained exports compute Reshape shapes (Shape -> Gather -> Concat,
+    // nn.MultiheadAttention's Mod/Slice arithmetic), Split C2f branches and
+    // Resize by scales: inspect counts every compute node, and its MACs are
+    // what prune counts on the shapes tract proves.
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = tmp.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        "version: 1\npasses:\n  - prune: { ratio: 0.0 }\n",
+    )
+    .unwrap();
+    for model in common::trained_models() {
+        let json = common::whittle(&["inspect", "--json", model.to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        assert_eq!(v["macs_unknown_nodes"], 0, "{}", model.display());
+        let out = tmp.path().join("out.onnx");
+        let run = common::whittle(&[
+            "run",
+            pipeline.to_str().unwrap(),
+            "--input",
+            model.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--report",
+            tmp.path().join("r.json").to_str().unwrap(),
+        ]);
+        assert!(run.status.success(), "{}", common::text(&run).1);
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(tmp.path().join("r.json")).unwrap()).unwrap();
+        let text = report.to_string();
+        let tract = text
+            .split("\"macs_before\":")
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no macs_before in {text}"));
+        assert_eq!(v["macs"], tract, "{}", model.display());
+    }
+}
