@@ -40,9 +40,12 @@
 //!    shift weight rounding causes (see `correction.rs`).
 //!
 //! With `activations.scaling: dynamic` (or the nodes `activations.dynamic_nodes`
-//! names), a Conv or MatMul with a constant weight takes its input's scale
-//! from each run instead: `x ─ DynamicQuantizeLinear ─ ConvInteger(x_u8, W_i8)
-//! ─ Cast ─ × s_x·s_w[c] ─ + b ─ y`, output and bias float (see `dynamic.rs`).
+//! names), a Conv, MatMul or Gemm (no transA, alpha = beta = 1) with a
+//! constant weight takes its input's scale from each run instead: `x ─
+//! DynamicQuantizeLinear ─ ConvInteger(x_u8, W_i8) ─ Cast ─ × s_x·s_w[c] ─ + b
+//! ─ y`, output and bias float; a MatMul of two activations (attention's
+//! scores and context) gets both inputs scaled per run, so a transformer is
+//! int8 in every MatMul with no static pair (see `dynamic.rs`).
 //! For inputs whose level varies from run to run, where one calibrated scale
 //! rounds quiet runs to a few levels.
 //!
@@ -411,9 +414,11 @@ pub struct Activations {
     /// from each run's own range (DynamicQuantizeLinear, uint8) and runs as
     /// ConvInteger/MatMulInteger with a float bias added after; its output
     /// stays float. For inputs whose level changes from run to run (audio,
-    /// quiet and loud) a fixed scale cannot serve. Gemm and ConvTranspose
-    /// have no such kernel and stay static. `auto` measures both per node
-    /// and keeps the better one. Needs symmetric weights.
+    /// quiet and loud) a fixed scale cannot serve. A Gemm without transA,
+    /// alpha or beta runs as MatMulInteger too; a MatMul of two activations
+    /// gets both inputs scaled per run (MatMulInteger of two uint8);
+    /// ConvTranspose has no such kernel and stays static. `auto` measures
+    /// both per node and keeps the better one. Needs symmetric weights.
     pub scaling: Scaling,
     /// Compute nodes scaled dynamically even when `scaling` is static:
     /// exact names or `{ regex: "..." }`.
@@ -1291,6 +1296,13 @@ impl Quantize {
                 );
             }
             weight_scales.push(q.scales);
+        }
+        // Dynamic MatMuls of two activations: both inputs scaled per run.
+        let weighted: BTreeSet<_> = plan.weights.iter().map(|w| w.node).collect();
+        for &id in plan.dynamic.iter().filter(|id| !weighted.contains(id)) {
+            dynamic::emit_pair(&mut ed, id, &mut shared);
+            report.count("inputs_dynamic", 1);
+            report.count("matmuls_dynamic_both_inputs", 1);
         }
         for b in &plan.biases {
             let Some(x) = params.get(&b.input) else {

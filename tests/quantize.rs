@@ -162,6 +162,18 @@ fn load(path: &Path) -> Model {
     whittle::onnx::load(path).unwrap()
 }
 
+/// The op types of a model's nodes, sorted, each once.
+fn op_types(model: &Model) -> Vec<String> {
+    let mut ops: Vec<String> = model
+        .graph
+        .nodes()
+        .map(|(_, n)| n.op_type().to_string())
+        .collect();
+    ops.sort();
+    ops.dedup();
+    ops
+}
+
 /// Must show 4: under `profile: tensorrt` every zero point is 0, every
 /// quantized consumer reads its own DequantizeLinear, and no bias is int32.
 #[test]
@@ -606,6 +618,97 @@ fn linear_data(dir: &Path, name: &str, amplitude: f32) -> PathBuf {
     path
 }
 
+/// An attention-like model: `x[4,8] → Gemm(W[6,8], C[6], transB) → h →
+/// MatMul(h, Transpose(h)) → s[4,4]`, seeded, saved to `dir/attention.onnx`;
+/// and 16 samples of its input, uniform in [-1, 1), saved to `dir/x.npz`.
+fn attention_model(dir: &Path) -> (PathBuf, PathBuf) {
+    use whittle::ir::{Attribute, Dim, Graph, Node, Tensor, TypeInfo, ValueInfo};
+    let mut next = uniform(5);
+    let mut g = Graph::new("attention");
+    let w: Vec<f32> = (0..6 * 8).map(|_| next()).collect();
+    let c: Vec<f32> = (0..6).map(|_| next()).collect();
+    g.add_initializer(Tensor::from_f32("W", vec![6, 8], &w));
+    g.add_initializer(Tensor::from_f32("C", vec![6], &c));
+    let mut gemm = Node::with_io("Gemm", "proj", &["x", "W", "C"], &["h"]);
+    gemm.set_attr(Attribute::int("transB", 1));
+    g.add_node(gemm);
+    g.add_node(Node::with_io("Transpose", "t", &["h"], &["ht"]));
+    g.add_node(Node::with_io("MatMul", "scores", &["h", "ht"], &["s"]));
+    let shape = |d: &[i64]| d.iter().map(|&v| Dim::known(v)).collect();
+    g.inputs.push(ValueInfo::new(
+        "x",
+        TypeInfo::tensor(DataType::Float, shape(&[4, 8])),
+    ));
+    g.outputs.push(ValueInfo::new(
+        "s",
+        TypeInfo::tensor(DataType::Float, shape(&[4, 4])),
+    ));
+    let path = dir.join("attention.onnx");
+    whittle::onnx::save(&Model::new(g, 13), &path, &Default::default()).unwrap();
+    let values: Vec<u8> = (0..16 * 4 * 8).flat_map(|_| next().to_le_bytes()).collect();
+    let data = dir.join("x.npz");
+    let array = Array::new(DataType::Float, vec![16, 4, 8], values).unwrap();
+    common::write_npz(&data, &[("x".to_string(), array)]);
+    (path, data)
+}
+
+/// Dynamic scaling is fully int8 on a transformer's shapes: the Gemm becomes
+/// MatMulInteger with its weight transposed and its C added after, and the
+/// MatMul of two activations gets both inputs scaled per run (no static pair
+/// left); the same bytes on 1 and 2 threads, accurate in tract, and
+/// onnxruntime runs it as tract does.
+#[test]
+fn dynamic_scaling_quantizes_gemm_and_activation_matmuls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (model, data) = attention_model(dir);
+    let config = pipeline(
+        dir,
+        "dynamic.yaml",
+        "      activations: { scaling: dynamic }",
+    );
+    let (d1, d2) = (dir.join("d1.onnx"), dir.join("d2.onnx"));
+    let report = dir.join("d1.json");
+    run_pipeline(
+        &config,
+        &model,
+        &data,
+        &d1,
+        &["--threads", "1", "--report", report.to_str().unwrap()],
+    );
+    run_pipeline(&config, &model, &data, &d2, &["--threads", "2"]);
+    assert!(std::fs::read(&d1).unwrap() == std::fs::read(&d2).unwrap());
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let c = &json["passes"][0]["report"]["counters"];
+    assert_eq!(c["inputs_dynamic"], 2, "{c}");
+    assert_eq!(c["matmuls_dynamic_both_inputs"], 1, "{c}");
+    assert_eq!(c["macs_int8"], c["macs_total"], "{c}");
+    let out = load(&d1);
+    assert_eq!(
+        op_types(&out),
+        [
+            "Add",
+            "Cast",
+            "DynamicQuantizeLinear",
+            "MatMulInteger",
+            "Mul",
+            "Transpose"
+        ],
+        "no float Gemm/MatMul and no static pair left"
+    );
+    let integer = out
+        .graph
+        .nodes()
+        .find(|(_, n)| n.name() == "proj")
+        .map(|(_, n)| n.clone())
+        .unwrap();
+    assert!(integer.attributes.is_empty(), "Gemm attributes dropped");
+    let w = out.graph.initializer(&integer.inputs[1]).unwrap();
+    assert_eq!(w.dims, [8, 6], "the weight is stored [K, N]");
+    assert!(sqnr_gate(&model, &d1, &data, "30"));
+    assert_ort_quant_check(&[(d1.clone(), data.clone())], dir, "1e-4");
+}
+
 /// `activations.scaling: dynamic`: the Conv and the MatMul become
 /// DynamicQuantizeLinear → ConvInteger/MatMulInteger, every MAC int8, the same
 /// bytes on 1 and 2 threads; onnxruntime keeps the integer kernels and agrees
@@ -645,15 +748,8 @@ fn dynamic_scaling_makes_integer_kernels_that_keep_quiet_inputs_accurate() {
     );
     assert_eq!(c["inputs_dynamic"], 2, "{c}");
     assert_eq!(c["macs_int8"], c["macs_total"], "{c}");
-    let mut ops: Vec<String> = load(&d1)
-        .graph
-        .nodes()
-        .map(|(_, n)| n.op_type().to_string())
-        .collect();
-    ops.sort();
-    ops.dedup();
     assert_eq!(
-        ops,
+        op_types(&load(&d1)),
         [
             "Cast",
             "ConvInteger",

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -76,9 +76,12 @@ ORT_METHODS = {
     "percentile": CalibrationMethod.Percentile,
     "entropy": CalibrationMethod.Entropy,
 }
+# onnxruntime's quantize_dynamic rows (no calibration data): its default (per-tensor weights)
+# and per_channel=True. Both int8 weights, uint8 per-run activations (DynamicQuantizeLinear).
+ORT_DYNAMIC = {"dynamic": False, "dynamic-pc": True}
 # Float ops whose integer counterparts the "int kernels" column counts.
 FLOAT_KERNELS = {"Conv", "MatMul", "Gemm"}
-INTEGER_KERNELS = {"QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger", "QGemm", "MatMulInteger"}
+INTEGER_KERNELS = {"QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger", "QGemm", "MatMulInteger", "DynamicQuantizeMatMul"}
 # Quantization nodes: the static pairs and the per-run quantizer of dynamic scaling.
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
@@ -122,22 +125,26 @@ class CollectLogs(logging.Handler):
 
 
 def quantize_with_ort(model, calib, output, method):
-    """Runs quantize_static with the comparison's settings; returns (seconds, logged messages)."""
+    """Runs quantize_static with the comparison's settings, or quantize_dynamic for the methods
+    of ORT_DYNAMIC (default options but per_channel); returns (seconds, logged messages)."""
     handler = CollectLogs()
     root = logging.getLogger()
     root.addHandler(handler)
     try:
         start = time.perf_counter()
-        quantize_static(
-            str(model),
-            str(output),
-            NpzReader(calib),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=ORT_METHODS[method],
-        )
+        if method in ORT_DYNAMIC:
+            quantize_dynamic(str(model), str(output), per_channel=ORT_DYNAMIC[method], weight_type=QuantType.QInt8)
+        else:
+            quantize_static(
+                str(model),
+                str(output),
+                NpzReader(calib),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=ORT_METHODS[method],
+            )
         seconds = time.perf_counter() - start
     finally:
         root.removeHandler(handler)
@@ -303,6 +310,13 @@ def sqnr_db(reference, outputs):
     return float("inf") if noise == 0 else 10 * np.log10(signal / noise)
 
 
+def cosine(reference, outputs):
+    """a.b / (|a| |b|) over every sample and element (`whittle validate`'s cosine); 1 for two zeros."""
+    a, b = reference.ravel(), outputs.ravel()
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return 1.0 if norms == 0 else float(np.dot(a, b)) / norms
+
+
 def looks_like_scores(reference):
     """Class scores: each sample's output is [1, classes] with at least two classes."""
     return reference.ndim == 3 and reference.shape[1] == 1 and reference.shape[2] >= 2
@@ -351,11 +365,12 @@ def integer_kernels(path, optimized_path):
     return sum(n for op, n in counts.items() if op in INTEGER_KERNELS)
 
 
-def measure(path, samples, reference, optimized_path, pinned=()):
+def measure(path, samples, reference, optimized_path, pinned=(), labels=None):
     """Every column of one row but latency, for a model that exists; also its session and outputs.
 
     `pinned`: the inputs the model is expected to lack (those a prelude pinned); any other
-    input of the data it lacks is an error, as is a pinned input it still has.
+    input of the data it lacks is an error, as is a pinned input it still has. `labels`: the
+    held-out samples' classes, if the model has them (top-1 vs labels, also of fp32).
     """
     sess = session(path)
     declared = {value.name for value in sess.get_inputs()}
@@ -373,8 +388,11 @@ def measure(path, samples, reference, optimized_path, pinned=()):
         row["note"] = "nothing quantized: no QuantizeLinear/DequantizeLinear/DynamicQuantizeLinear in the model"
     if reference is not None:
         row["sqnr"] = sqnr_db(reference, outputs)
+        row["cosine"] = cosine(reference, outputs)
         if looks_like_scores(reference):
             row["top1"] = top1_agreement(reference, outputs)
+    if labels is not None and looks_like_scores(outputs):
+        row["accuracy"] = float(np.mean(np.argmax(outputs[:, 0], axis=-1) == labels))
     return row, outputs, sess
 
 
@@ -405,7 +423,8 @@ def bench_model(name, paths, args, log):
     whittle_floats = floats  # the prelude's output's count once the `whittle prelude` row has it
     rows = []
 
-    fp32, reference, sess = measure(model, samples, None, out_dir / "fp32.ort-opt.onnx")
+    labels = paths.get("labels")
+    fp32, reference, sess = measure(model, samples, None, out_dir / "fp32.ort-opt.onnx", labels=labels)
     rows.append({"model": name, "quantizer": "fp32", "floats": floats, "scores": looks_like_scores(reference), **fp32})
     sessions = [(rows[0], sess)]
     log(f"{name}: fp32 measured")
@@ -444,7 +463,7 @@ def bench_model(name, paths, args, log):
             continue
         try:
             expected_missing = pinned if label.startswith("whittle") else {}
-            measured, _, sess = measure(output, samples, reference, out_dir / f"{stem}.ort-opt.onnx", expected_missing)
+            measured, _, sess = measure(output, samples, reference, out_dir / f"{stem}.ort-opt.onnx", expected_missing, labels)
             row.update(measured)
             sessions.append((row, sess))
             if method is None:  # the `whittle prelude` row
@@ -549,8 +568,8 @@ def cell(value, fmt):
 
 def table(rows):
     lines = [
-        "| model | quantizer | time (s) | size (KB) | SQNR (dB) | top-1 | latency (ms) | int kernels | int8 MACs | Q/DQ nodes | notes |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| model | quantizer | time (s) | size (KB) | SQNR (dB) | cosine | top-1 | top-1 vs labels | latency (ms) | int kernels | int8 MACs | Q/DQ nodes | notes |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for row in rows:
         is_ref = row["quantizer"] == "fp32"
@@ -562,7 +581,9 @@ def table(rows):
             cell(row.get("time_s"), "{:.2f}"),
             cell(row.get("size_kb"), "{:.1f}"),
             "ref" if is_ref else cell(row.get("sqnr"), "{:.2f}"),
+            "ref" if is_ref else cell(row.get("cosine"), "{:.5f}"),
             ("ref" if row["scores"] else "—") if is_ref else cell(row.get("top1"), "{:.1%}"),
+            cell(row.get("accuracy"), "{:.1%}"),
             cell(row.get("latency_ms"), "{:.3f}"),
             cell(kernels, "{}"),
             "" if row.get("int8_macs") is None else f"{row['int8_macs']:.1%}",
@@ -620,7 +641,7 @@ def parse_args():
         help="more whittle pipeline files, one row `whittle NAME` each (default: every bench/quantize/int8-NAME.yaml "
         "that is not one of the four method files; the option without values: none)",
     )
-    parser.add_argument("--ort-methods", nargs="*", default=["minmax"], choices=list(ORT_METHODS), help="onnxruntime calibration methods (default: minmax, the comparison's)")
+    parser.add_argument("--ort-methods", nargs="*", default=["minmax"], choices=[*ORT_METHODS, *ORT_DYNAMIC], help="onnxruntime calibration methods of quantize_static, or dynamic / dynamic-pc for quantize_dynamic (default / per_channel=True) (default: minmax, the comparison's)")
     parser.add_argument("--calib-samples", type=int, default=bench_models.CALIB_SAMPLES)
     parser.add_argument("--heldout-samples", type=int, default=bench_models.HELDOUT_SAMPLES)
     parser.add_argument("--latency-runs", type=int, default=200)
