@@ -1048,7 +1048,19 @@ impl Pass for Quantize {
         }
         drop(samples);
         if let Some(found) = &outcome {
-            found.report(&mut report, self.target.as_ref());
+            let mut options = Vec::new();
+            if !s.w_gptq {
+                options.push("`weights.rounding: gptq`");
+            }
+            if self.activations.scaling == Scaling::Static {
+                options.push("`activations.scaling: dynamic` or `auto`");
+            }
+            found.report(
+                &mut report,
+                self.target.as_ref(),
+                macs.values().sum(),
+                &options,
+            );
         }
         report.merge(applied);
         let int8: u64 = plan

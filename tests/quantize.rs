@@ -709,6 +709,85 @@ fn dynamic_scaling_quantizes_gemm_and_activation_matmuls() {
     assert_ort_quant_check(&[(d1.clone(), data.clone())], dir, "1e-4");
 }
 
+/// Where the target keeps most MACs float, the report names the kept-float
+/// nodes, biggest first, with their share of the MACs and the SQNR each gave
+/// quantized alone in the sensitivity table of the same run (text, JSON and a
+/// warning), and suggests only options not in use yet; a target met fully
+/// int8 adds no note.
+#[test]
+fn the_report_names_kept_float_nodes_when_most_macs_stay_float() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = linear_model(dir);
+    let data = linear_data(dir, "loud", 1.0);
+    let details = |stem: &str, options: &str| {
+        let config = pipeline(dir, &format!("{stem}.yaml"), options);
+        let (out, report) = (
+            dir.join(format!("{stem}.onnx")),
+            dir.join(format!("{stem}.json")),
+        );
+        let stderr = run_pipeline(
+            &config,
+            &model,
+            &data,
+            &out,
+            &["--report", report.to_str().unwrap()],
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let details = json["passes"][0]["report"]["details"]
+            .as_array()
+            .unwrap()
+            .clone();
+        (stderr, details)
+    };
+    let kind = |details: &[serde_json::Value], k: &str| -> Vec<serde_json::Value> {
+        details.iter().filter(|d| d["kind"] == k).cloned().collect()
+    };
+    // 60 dB is out of reach quantized: both nodes stay float.
+    let (stderr, found) = details("strict", "      target: { min_sqnr_db: 60 }");
+    assert!(
+        stderr.contains("100.0% of the MACs stay float, in 2 nodes"),
+        "{stderr}"
+    );
+    let note = kind(&found, "kept_float");
+    assert_eq!(note.len(), 1, "{found:?}");
+    let nodes = note[0]["nodes"].as_array().unwrap();
+    let names: Vec<&str> = nodes.iter().map(|n| n["node"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 2);
+    assert!(
+        names[0].contains("conv") && names[1].contains("matmul"),
+        "{names:?}"
+    );
+    // Conv 8·28·4·5 = 4480 of 5824 MACs; MatMul 8·28·6 = 1344.
+    let share = nodes[0]["macs_share"].as_f64().unwrap();
+    assert!((share - 4480.0 / 5824.0).abs() < 1e-9, "{share}");
+    // The SQNR each costs is the sensitivity table's, not a new measurement.
+    for n in nodes {
+        let row = kind(&found, "sensitivity")
+            .into_iter()
+            .find(|r| r["node"] == n["node"])
+            .unwrap();
+        assert_eq!(n["sqnr_db_quantized_alone"], row["sqnr_db_quantized_alone"]);
+        assert!(stderr.contains(n["node"].as_str().unwrap()));
+    }
+    let options = note[0]["suggested_options"].as_array().unwrap();
+    assert_eq!(options.len(), 2, "{options:?}");
+    assert!(stderr.contains("`weights.rounding: gptq`") && stderr.contains("BENCHMARKS.md"));
+    // With both options in use, none is suggested again.
+    let (stderr, found) = details(
+        "strict_tried",
+        "      target: { min_sqnr_db: 60 }\n      weights: { rounding: gptq }\n      activations: { scaling: dynamic }",
+    );
+    let note = kind(&found, "kept_float");
+    assert_eq!(note[0]["suggested_options"].as_array().unwrap().len(), 0);
+    assert!(stderr.contains("is on already"), "{stderr}");
+    // Met fully int8: no note.
+    let (stderr, found) = details("easy", "      target: { min_sqnr_db: 10 }");
+    assert!(kind(&found, "kept_float").is_empty(), "{found:?}");
+    assert!(!stderr.contains("of the MACs stay float"), "{stderr}");
+}
+
 /// `activations.scaling: dynamic`: the Conv and the MatMul become
 /// DynamicQuantizeLinear → ConvInteger/MatMulInteger, every MAC int8, the same
 /// bytes on 1 and 2 threads; onnxruntime keeps the integer kernels and agrees

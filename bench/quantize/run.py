@@ -224,6 +224,62 @@ def quantize_with_whittle(whittle, pipeline, model, calib, output, timeout):
     return seconds
 
 
+def target_detail(report_path):
+    """The `kind: target` detail of the (last) quantize pass in a run report, or None."""
+    try:
+        passes = json.loads(Path(report_path).read_text())["passes"]
+        details = [p for p in passes if p["name"] == "quantize"][-1]["report"]["details"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    return next((d for d in details if d.get("kind") == "target"), None)
+
+
+def first_samples(path, count, into):
+    """The first `count` samples of the .npz at `path`, written to `into` (the samples a target
+    search used when `target.holdout` kept the last ones out); `path` itself when that is all."""
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    if all(len(a) == count for a in arrays.values()):
+        return Path(path)
+    bench_models.write_npz(into, {name: a[:count] for name, a in arrays.items()})
+    return into
+
+
+def check_target(whittle, original, output, calib, report_path):
+    """Must-shows 1 and 2 of issue 13 for a row whose pipeline has a target: the final figure the
+    report gives (the written model on the samples the search used), `whittle validate ORIGINAL
+    OUTPUT --data SAME_SAMPLES --json` on those samples, and the report's own verdict. `original`
+    is the pass's input model (the model as shipped, or the prelude's output). Returns a dict,
+    empty when the row has no target."""
+    detail = target_detail(report_path)
+    if detail is None or "written_model" not in detail:
+        return {}
+    written = detail["written_model"]
+    found = {
+        "target": detail["target"],
+        "met": detail["met"],
+        "reported_sqnr": written.get("sqnr_db"),
+        "reported_samples": written.get("samples"),
+        "report_heldout_sqnr": (detail.get("held_out") or {}).get("sqnr_db"),
+        "search_sqnr": detail["search"].get("sqnr_db"),
+        "search_lower_bound": detail["search"].get("sqnr_db_lower_bound"),
+    }
+    data = first_samples(calib, written["samples"], output.with_suffix(".search-samples.npz"))
+    verdict = output.with_suffix(".validate.json")
+    command = [str(whittle), "validate", str(original), str(output), "--data", str(data), "--json", str(verdict)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0 or not verdict.is_file():
+        found["validate_error"] = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        return found
+    outputs = json.loads(verdict.read_text())["outputs"]
+    values = [o["sqnr_db"] for o in outputs]
+    found["validate_sqnr"] = min((float("inf") if v is None else v) for v in values)
+    found["validate_command"] = shlex.join(os.path.relpath(c, ROOT) if c.startswith(str(ROOT)) else c for c in command)
+    match = re.search(r"SQNR >= ([0-9.]+) dB", detail["target"])
+    found["min_sqnr"] = float(match.group(1)) if match else None
+    return found
+
+
 def int8_mac_share(report_path):
     """macs_int8 / macs_total from the (last) quantize pass's counters in a run report, or None.
 
@@ -456,6 +512,9 @@ def bench_model(name, paths, args, log):
                     for _ in range(args.repeat)
                 )
                 row["int8_macs"] = int8_mac_share(output.with_suffix(".report.json"))
+                if method is not None:
+                    original = out_dir / "whittle-prelude.onnx" if prelude else model
+                    row["target"] = check_target(args.whittle, original, output, paths["whittle_calib"], output.with_suffix(".report.json"))
         except Exception as error:  # noqa: BLE001  (any failure becomes the row's note)
             row["error"] = f"{label.split()[0]} failed: {error}"
             rows.append(row)
@@ -581,7 +640,7 @@ def table(rows):
             cell(row.get("time_s"), "{:.2f}"),
             cell(row.get("size_kb"), "{:.1f}"),
             "ref" if is_ref else cell(row.get("sqnr"), "{:.2f}"),
-            "ref" if is_ref else cell(row.get("cosine"), "{:.5f}"),
+            "ref" if is_ref else cell(row.get("cosine"), "{:.6f}"),
             ("ref" if row["scores"] else "—") if is_ref else cell(row.get("top1"), "{:.1%}"),
             cell(row.get("accuracy"), "{:.1%}"),
             cell(row.get("latency_ms"), "{:.3f}"),
@@ -591,6 +650,40 @@ def table(rows):
             shorten(row.get("error", row.get("note", ""))),
         ]) + " |")  # fmt: skip
     return "\n".join(lines)
+
+
+def target_table(rows):
+    """Issue 13, must-shows 1 and 2: for every row with a target, the figure the report gives,
+    `whittle validate` on the same samples, their difference, and the held-out SQNR
+    (onnxruntime, heldout.npz) against the target."""
+    lines = [
+        "| model | quantizer | target | search: SQNR, 95% lower bound | reported: SQNR (samples) | `whittle validate` same samples | Δ | report: met | report: held-out part | held-out SQNR (onnxruntime) | met on held-out | int8 MACs |",
+        "|---|---|---|--:|--:|--:|--:|---|--:|--:|---|--:|",
+    ]
+    for row in rows:
+        t = row.get("target") or {}
+        if not t:
+            continue
+        delta = None
+        if t.get("validate_sqnr") is not None and t.get("reported_sqnr") is not None:
+            delta = t["validate_sqnr"] - t["reported_sqnr"]
+        held = row.get("sqnr")
+        met_held = "—" if held is None or t.get("min_sqnr") is None else ("yes" if held >= t["min_sqnr"] else "**no**")
+        lines.append("| " + " | ".join([
+            row["model"],
+            row["quantizer"],
+            t["target"],
+            f"{cell(t.get('search_sqnr'), '{:.2f}')}, {cell(t.get('search_lower_bound'), '{:.2f}')}",
+            f"{cell(t.get('reported_sqnr'), '{:.2f}')} ({t.get('reported_samples')})",
+            t.get("validate_error") or cell(t.get("validate_sqnr"), "{:.2f}"),
+            cell(delta, "{:+.3f}"),
+            "met" if t["met"] else "**NOT met**",
+            cell(t.get("report_heldout_sqnr"), "{:.2f}"),
+            cell(held, "{:.2f}"),
+            met_held,
+            "" if row.get("int8_macs") is None else f"{row['int8_macs']:.1%}",
+        ]) + " |")  # fmt: skip
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def best_methods(rows):
@@ -674,6 +767,17 @@ def main():
         best_methods(rows),
         "",
     ])  # fmt: skip
+    targets = target_table(rows)
+    if targets:
+        report += "\n".join([
+            "",
+            "Rows with an accuracy target: the figure the report gives for the written model on the samples the",
+            "search used, `whittle validate ORIGINAL OUTPUT --data SAME_SAMPLES --json` on them (ORIGINAL: the",
+            "pass's input model; the commands are in the rows' .validate.json folders), and the held-out SQNR:",
+            "",
+            targets,
+            "",
+        ])  # fmt: skip
     print(report)
     args.out.write_text(report)
     if args.ort_messages:
