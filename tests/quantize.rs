@@ -269,8 +269,9 @@ fn batchnorm_folding_bias_correction_and_weight_ranges_are_switchable() {
     }
     assert_sqnr_at_least("resnet_tiny", &first, "30");
 
-    // Dynamically scaled Convs keep float biases; those are corrected too
-    // (resnet_tiny: 8 Convs dynamic, the Gemm static; 39.5 dB without).
+    // Dynamically scaled Convs and Gemms keep float biases; those are
+    // corrected too (resnet_tiny: 8 Convs and the Gemm dynamic; 39.5 dB
+    // without).
     let dynamic = pipeline(
         tmp.path(),
         "dynamic.yaml",
@@ -279,7 +280,7 @@ fn batchnorm_folding_bias_correction_and_weight_ranges_are_switchable() {
     let (first, reports) =
         quantize_on_1_and_2_threads(&dynamic, "resnet_tiny", tmp.path(), "dynamic");
     let c = &reports[0]["passes"][0]["report"]["counters"];
-    assert_eq!(c["inputs_dynamic"], 8, "{c}");
+    assert_eq!(c["inputs_dynamic"], 9, "{c}");
     assert_eq!(c["biases_corrected"], 9, "{c}");
     assert_sqnr_at_least("resnet_tiny", &first, "42");
 }
@@ -618,6 +619,31 @@ fn linear_data(dir: &Path, name: &str, amplitude: f32) -> PathBuf {
     path
 }
 
+/// Runs `quantize` with `options` (YAML lines) on `model` and `data` into
+/// `dir/STEM.onnx`; returns that path, whittle's stderr and the pass's report.
+fn run_options(
+    dir: &Path,
+    stem: &str,
+    options: &str,
+    model: &Path,
+    data: &Path,
+) -> (PathBuf, String, serde_json::Value) {
+    let config = pipeline(dir, &format!("{stem}.yaml"), options);
+    let (out, report) = (
+        dir.join(format!("{stem}.onnx")),
+        dir.join(format!("{stem}.json")),
+    );
+    let stderr = run_pipeline(
+        &config,
+        model,
+        data,
+        &out,
+        &["--report", report.to_str().unwrap()],
+    );
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    (out, stderr, json["passes"][0]["report"].clone())
+}
+
 /// An attention-like model: `x[4,8] → Gemm(W[6,8], C[6], transB) → h →
 /// MatMul(h, Transpose(h)) → s[4,4]`, seeded, saved to `dir/attention.onnx`;
 /// and 16 samples of its input, uniform in [-1, 1), saved to `dir/x.npz`.
@@ -707,6 +733,33 @@ fn dynamic_scaling_quantizes_gemm_and_activation_matmuls() {
     assert_eq!(w.dims, [8, 6], "the weight is stored [K, N]");
     assert!(sqnr_gate(&model, &d1, &data, "30"));
     assert_ort_quant_check(&[(d1.clone(), data.clone())], dir, "1e-4");
+
+    // A target search on this MatMul-only model starts from dynamic scaling
+    // by default; `scaling: static` keeps calibrated scales.
+    for (stem, options, dynamic) in [
+        ("target", "      target: { min_sqnr_db: 25 }", true),
+        (
+            "target_static",
+            "      target: { min_sqnr_db: 25 }\n      activations: { scaling: static }",
+            false,
+        ),
+    ] {
+        let (out, stderr, pass) = run_options(dir, stem, options, &model, &data);
+        let c = &pass["counters"];
+        assert_eq!(c.get("scaling_default_dynamic").is_some(), dynamic, "{c}");
+        assert_eq!(
+            stderr.contains("100.0% of the MACs are in MatMul/Gemm"),
+            dynamic,
+            "{stderr}"
+        );
+        let ops = op_types(&load(&out));
+        assert_eq!(
+            !ops.contains(&"QuantizeLinear".to_string()),
+            dynamic,
+            "{ops:?}"
+        );
+        assert_eq!(c["macs_int8"], c["macs_total"], "{c}");
+    }
 }
 
 /// Where the target keeps most MACs float, the report names the kept-float
@@ -721,24 +774,8 @@ fn the_report_names_kept_float_nodes_when_most_macs_stay_float() {
     let model = linear_model(dir);
     let data = linear_data(dir, "loud", 1.0);
     let details = |stem: &str, options: &str| {
-        let config = pipeline(dir, &format!("{stem}.yaml"), options);
-        let (out, report) = (
-            dir.join(format!("{stem}.onnx")),
-            dir.join(format!("{stem}.json")),
-        );
-        let stderr = run_pipeline(
-            &config,
-            &model,
-            &data,
-            &out,
-            &["--report", report.to_str().unwrap()],
-        );
-        let json: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-        let details = json["passes"][0]["report"]["details"]
-            .as_array()
-            .unwrap()
-            .clone();
+        let (_, stderr, pass) = run_options(dir, stem, options, &model, &data);
+        let details = pass["details"].as_array().unwrap().clone();
         (stderr, details)
     };
     let kind = |details: &[serde_json::Value], k: &str| -> Vec<serde_json::Value> {
