@@ -162,6 +162,18 @@ fn load(path: &Path) -> Model {
     whittle::onnx::load(path).unwrap()
 }
 
+/// The op types of a model's nodes, sorted, each once.
+fn op_types(model: &Model) -> Vec<String> {
+    let mut ops: Vec<String> = model
+        .graph
+        .nodes()
+        .map(|(_, n)| n.op_type().to_string())
+        .collect();
+    ops.sort();
+    ops.dedup();
+    ops
+}
+
 /// Must show 4: under `profile: tensorrt` every zero point is 0, every
 /// quantized consumer reads its own DequantizeLinear, and no bias is int32.
 #[test]
@@ -257,8 +269,9 @@ fn batchnorm_folding_bias_correction_and_weight_ranges_are_switchable() {
     }
     assert_sqnr_at_least("resnet_tiny", &first, "30");
 
-    // Dynamically scaled Convs keep float biases; those are corrected too
-    // (resnet_tiny: 8 Convs dynamic, the Gemm static; 39.5 dB without).
+    // Dynamically scaled Convs and Gemms keep float biases; those are
+    // corrected too (resnet_tiny: 8 Convs and the Gemm dynamic; 39.5 dB
+    // without).
     let dynamic = pipeline(
         tmp.path(),
         "dynamic.yaml",
@@ -267,7 +280,7 @@ fn batchnorm_folding_bias_correction_and_weight_ranges_are_switchable() {
     let (first, reports) =
         quantize_on_1_and_2_threads(&dynamic, "resnet_tiny", tmp.path(), "dynamic");
     let c = &reports[0]["passes"][0]["report"]["counters"];
-    assert_eq!(c["inputs_dynamic"], 8, "{c}");
+    assert_eq!(c["inputs_dynamic"], 9, "{c}");
     assert_eq!(c["biases_corrected"], 9, "{c}");
     assert_sqnr_at_least("resnet_tiny", &first, "42");
 }
@@ -606,6 +619,212 @@ fn linear_data(dir: &Path, name: &str, amplitude: f32) -> PathBuf {
     path
 }
 
+/// Runs `quantize` with `options` (YAML lines) on `model` and `data` into
+/// `dir/STEM.onnx`; returns that path, whittle's stderr and the pass's report.
+fn run_options(
+    dir: &Path,
+    stem: &str,
+    options: &str,
+    model: &Path,
+    data: &Path,
+) -> (PathBuf, String, serde_json::Value) {
+    let config = pipeline(dir, &format!("{stem}.yaml"), options);
+    let (out, report) = (
+        dir.join(format!("{stem}.onnx")),
+        dir.join(format!("{stem}.json")),
+    );
+    let stderr = run_pipeline(
+        &config,
+        model,
+        data,
+        &out,
+        &["--report", report.to_str().unwrap()],
+    );
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    (out, stderr, json["passes"][0]["report"].clone())
+}
+
+/// An attention-like model: `x[4,8] → Gemm(W[6,8], C[6], transB) → h →
+/// MatMul(h, Transpose(h)) → s[4,4]`, seeded, saved to `dir/attention.onnx`;
+/// and 16 samples of its input, uniform in [-1, 1), saved to `dir/x.npz`.
+fn attention_model(dir: &Path) -> (PathBuf, PathBuf) {
+    use whittle::ir::{Attribute, Dim, Graph, Node, Tensor, TypeInfo, ValueInfo};
+    let mut next = uniform(5);
+    let mut g = Graph::new("attention");
+    let w: Vec<f32> = (0..6 * 8).map(|_| next()).collect();
+    let c: Vec<f32> = (0..6).map(|_| next()).collect();
+    g.add_initializer(Tensor::from_f32("W", vec![6, 8], &w));
+    g.add_initializer(Tensor::from_f32("C", vec![6], &c));
+    let mut gemm = Node::with_io("Gemm", "proj", &["x", "W", "C"], &["h"]);
+    gemm.set_attr(Attribute::int("transB", 1));
+    g.add_node(gemm);
+    g.add_node(Node::with_io("Transpose", "t", &["h"], &["ht"]));
+    g.add_node(Node::with_io("MatMul", "scores", &["h", "ht"], &["s"]));
+    let shape = |d: &[i64]| d.iter().map(|&v| Dim::known(v)).collect();
+    g.inputs.push(ValueInfo::new(
+        "x",
+        TypeInfo::tensor(DataType::Float, shape(&[4, 8])),
+    ));
+    g.outputs.push(ValueInfo::new(
+        "s",
+        TypeInfo::tensor(DataType::Float, shape(&[4, 4])),
+    ));
+    let path = dir.join("attention.onnx");
+    whittle::onnx::save(&Model::new(g, 13), &path, &Default::default()).unwrap();
+    let values: Vec<u8> = (0..16 * 4 * 8).flat_map(|_| next().to_le_bytes()).collect();
+    let data = dir.join("x.npz");
+    let array = Array::new(DataType::Float, vec![16, 4, 8], values).unwrap();
+    common::write_npz(&data, &[("x".to_string(), array)]);
+    (path, data)
+}
+
+/// Dynamic scaling is fully int8 on a transformer's shapes: the Gemm becomes
+/// MatMulInteger with its weight transposed and its C added after, and the
+/// MatMul of two activations gets both inputs scaled per run (no static pair
+/// left); the same bytes on 1 and 2 threads, accurate in tract, and
+/// onnxruntime runs it as tract does.
+#[test]
+fn dynamic_scaling_quantizes_gemm_and_activation_matmuls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (model, data) = attention_model(dir);
+    let config = pipeline(
+        dir,
+        "dynamic.yaml",
+        "      activations: { scaling: dynamic }",
+    );
+    let (d1, d2) = (dir.join("d1.onnx"), dir.join("d2.onnx"));
+    let report = dir.join("d1.json");
+    run_pipeline(
+        &config,
+        &model,
+        &data,
+        &d1,
+        &["--threads", "1", "--report", report.to_str().unwrap()],
+    );
+    run_pipeline(&config, &model, &data, &d2, &["--threads", "2"]);
+    assert!(std::fs::read(&d1).unwrap() == std::fs::read(&d2).unwrap());
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let c = &json["passes"][0]["report"]["counters"];
+    assert_eq!(c["inputs_dynamic"], 2, "{c}");
+    assert_eq!(c["matmuls_dynamic_both_inputs"], 1, "{c}");
+    assert_eq!(c["macs_int8"], c["macs_total"], "{c}");
+    let out = load(&d1);
+    assert_eq!(
+        op_types(&out),
+        [
+            "Add",
+            "Cast",
+            "DynamicQuantizeLinear",
+            "MatMulInteger",
+            "Mul",
+            "Transpose"
+        ],
+        "no float Gemm/MatMul and no static pair left"
+    );
+    let integer = out
+        .graph
+        .nodes()
+        .find(|(_, n)| n.name() == "proj")
+        .map(|(_, n)| n.clone())
+        .unwrap();
+    assert!(integer.attributes.is_empty(), "Gemm attributes dropped");
+    let w = out.graph.initializer(&integer.inputs[1]).unwrap();
+    assert_eq!(w.dims, [8, 6], "the weight is stored [K, N]");
+    assert!(sqnr_gate(&model, &d1, &data, "30"));
+    assert_ort_quant_check(&[(d1.clone(), data.clone())], dir, "1e-4");
+
+    // A target search on this MatMul-only model starts from dynamic scaling
+    // by default; `scaling: static` keeps calibrated scales.
+    for (stem, options, dynamic) in [
+        ("target", "      target: { min_sqnr_db: 25 }", true),
+        (
+            "target_static",
+            "      target: { min_sqnr_db: 25 }\n      activations: { scaling: static }",
+            false,
+        ),
+    ] {
+        let (out, stderr, pass) = run_options(dir, stem, options, &model, &data);
+        let c = &pass["counters"];
+        assert_eq!(c.get("scaling_default_dynamic").is_some(), dynamic, "{c}");
+        assert_eq!(
+            stderr.contains("100.0% of the MACs are in MatMul/Gemm"),
+            dynamic,
+            "{stderr}"
+        );
+        let ops = op_types(&load(&out));
+        assert_eq!(
+            !ops.contains(&"QuantizeLinear".to_string()),
+            dynamic,
+            "{ops:?}"
+        );
+        assert_eq!(c["macs_int8"], c["macs_total"], "{c}");
+    }
+}
+
+/// Where the target keeps most MACs float, the report names the kept-float
+/// nodes, biggest first, with their share of the MACs and the SQNR each gave
+/// quantized alone in the sensitivity table of the same run (text, JSON and a
+/// warning), and suggests only options not in use yet; a target met fully
+/// int8 adds no note.
+#[test]
+fn the_report_names_kept_float_nodes_when_most_macs_stay_float() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = linear_model(dir);
+    let data = linear_data(dir, "loud", 1.0);
+    let details = |stem: &str, options: &str| {
+        let (_, stderr, pass) = run_options(dir, stem, options, &model, &data);
+        let details = pass["details"].as_array().unwrap().clone();
+        (stderr, details)
+    };
+    let kind = |details: &[serde_json::Value], k: &str| -> Vec<serde_json::Value> {
+        details.iter().filter(|d| d["kind"] == k).cloned().collect()
+    };
+    // 60 dB is out of reach quantized: both nodes stay float.
+    let (stderr, found) = details("strict", "      target: { min_sqnr_db: 60 }");
+    assert!(
+        stderr.contains("100.0% of the MACs stay float, in 2 nodes"),
+        "{stderr}"
+    );
+    let note = kind(&found, "kept_float");
+    assert_eq!(note.len(), 1, "{found:?}");
+    let nodes = note[0]["nodes"].as_array().unwrap();
+    let names: Vec<&str> = nodes.iter().map(|n| n["node"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 2);
+    assert!(
+        names[0].contains("conv") && names[1].contains("matmul"),
+        "{names:?}"
+    );
+    // Conv 8·28·4·5 = 4480 of 5824 MACs; MatMul 8·28·6 = 1344.
+    let share = nodes[0]["macs_share"].as_f64().unwrap();
+    assert!((share - 4480.0 / 5824.0).abs() < 1e-9, "{share}");
+    // The SQNR each costs is the sensitivity table's, not a new measurement.
+    for n in nodes {
+        let row = kind(&found, "sensitivity")
+            .into_iter()
+            .find(|r| r["node"] == n["node"])
+            .unwrap();
+        assert_eq!(n["sqnr_db_quantized_alone"], row["sqnr_db_quantized_alone"]);
+        assert!(stderr.contains(n["node"].as_str().unwrap()));
+    }
+    let options = note[0]["suggested_options"].as_array().unwrap();
+    assert_eq!(options.len(), 2, "{options:?}");
+    assert!(stderr.contains("`weights.rounding: gptq`") && stderr.contains("BENCHMARKS.md"));
+    // With both options in use, none is suggested again.
+    let (stderr, found) = details(
+        "strict_tried",
+        "      target: { min_sqnr_db: 60 }\n      weights: { rounding: gptq }\n      activations: { scaling: dynamic }",
+    );
+    let note = kind(&found, "kept_float");
+    assert_eq!(note[0]["suggested_options"].as_array().unwrap().len(), 0);
+    assert!(stderr.contains("is on already"), "{stderr}");
+    // Met fully int8: no note.
+    let (stderr, found) = details("easy", "      target: { min_sqnr_db: 10 }");
+    assert!(kind(&found, "kept_float").is_empty(), "{found:?}");
+    assert!(!stderr.contains("of the MACs stay float"), "{stderr}");
+}
+
 /// `activations.scaling: dynamic`: the Conv and the MatMul become
 /// DynamicQuantizeLinear → ConvInteger/MatMulInteger, every MAC int8, the same
 /// bytes on 1 and 2 threads; onnxruntime keeps the integer kernels and agrees
@@ -645,15 +864,8 @@ fn dynamic_scaling_makes_integer_kernels_that_keep_quiet_inputs_accurate() {
     );
     assert_eq!(c["inputs_dynamic"], 2, "{c}");
     assert_eq!(c["macs_int8"], c["macs_total"], "{c}");
-    let mut ops: Vec<String> = load(&d1)
-        .graph
-        .nodes()
-        .map(|(_, n)| n.op_type().to_string())
-        .collect();
-    ops.sort();
-    ops.dedup();
     assert_eq!(
-        ops,
+        op_types(&load(&d1)),
         [
             "Cast",
             "ConvInteger",

@@ -14,6 +14,11 @@ look at the models or the data on their own. It writes into the build folder
                                    FFN 256) over 64 tokens, mean-pooled into 10 classes
     models/<fixture>.onnx          copies of fixtures/mlp, conv_bn_relu, resnet_tiny and
                                    transformer_tiny, so every model sits beside its outputs
+    models/{digits_transformer,bert_tiny}.onnx
+                                   copies of the trained transformer fixtures
+                                   (fixtures/trained/); their data is their own:
+                                   calib.npz (64 samples) and test.npz (360 / 512) as
+                                   calib / held-out, labels.npz for top-1 vs labels
     models/ppocr_{det,cls,rec}.onnx, models/silero_vad{,_op15}.onnx
                                    trained models taken from PyPI wheels at pinned versions
                                    (fetch.py; the wheels are cached in wheels/), with
@@ -81,6 +86,11 @@ HELDOUT_SAMPLES = 64
 FIXTURE_MODELS = ["mlp", "conv_bn_relu", "resnet_tiny", "transformer_tiny"]
 # Trained models from PyPI packages (fetch.py), with inputs from synth.py.
 TRAINED_MODELS = list(fetch.MODELS)
+# Trained transformer fixtures (fixtures/trained/, made by fixtures/export/train_models.py):
+# measured with their own data, calib.npz as calibration data and test.npz as the held-out
+# samples (their real task's inputs, not synthesized), and labels.npz's `labels` (the class
+# of every test sample) for top-1 against the labels.
+TRAINED_FIXTURES = ["digits_transformer", "bert_tiny"]
 # Passes run.py puts before every whittle pipeline of a model, as they would be written in a
 # pipeline file's `passes:` list (a pass name -> its options). The silero_vad models select
 # their 8 or 16 kHz network, and reshape the LSTM state, with If nodes; tract types both
@@ -336,6 +346,19 @@ def write_whittle_calib(model_name, calib_path, prelude):
     return path
 
 
+def trained_fixture(name, models_dir, data_dir):
+    """The paths of a trained fixture: its model and its own calib / test data (copied as
+    calib.npz / heldout.npz) and the held-out samples' labels (`labels` of labels.npz)."""
+    trained = FIXTURES / "trained"
+    paths = {"model": models_dir / f"{name}.onnx", "calib": data_dir / f"{name}.calib.npz", "heldout": data_dir / f"{name}.heldout.npz"}
+    shutil.copyfile(trained / f"{name}.onnx", paths["model"])
+    shutil.copyfile(trained / f"{name}.calib.npz", paths["calib"])
+    shutil.copyfile(trained / f"{name}.test.npz", paths["heldout"])
+    with np.load(trained / f"{name}.labels.npz") as archive:
+        labels = archive["labels"]
+    return {**paths, "whittle_calib": paths["calib"], "prelude": [], "labels": labels}
+
+
 def prepare(build=DEFAULT_BUILD, calib_samples=CALIB_SAMPLES, heldout_samples=HELDOUT_SAMPLES, names=None, log=print):
     """Exports the bench models, copies the fixtures, writes all data; returns {name: paths}.
 
@@ -350,7 +373,7 @@ def prepare(build=DEFAULT_BUILD, calib_samples=CALIB_SAMPLES, heldout_samples=HE
     data_dir = Path(build) / "data"
     models_dir.mkdir(parents=True, exist_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
-    known = [*BENCH_MODELS, *FIXTURE_MODELS, *TRAINED_MODELS]
+    known = [*BENCH_MODELS, *FIXTURE_MODELS, *TRAINED_FIXTURES, *TRAINED_MODELS]
     wanted = names or known
     result = {}
     for name in wanted:
@@ -360,6 +383,9 @@ def prepare(build=DEFAULT_BUILD, calib_samples=CALIB_SAMPLES, heldout_samples=HE
         elif name in FIXTURE_MODELS:
             path = models_dir / f"{name}.onnx"
             shutil.copyfile(FIXTURES / f"{name}.onnx", path)
+        elif name in TRAINED_FIXTURES:
+            result[name] = trained_fixture(name, models_dir, data_dir)
+            continue
         elif name in TRAINED_MODELS:
             path = fetch.fetch(name, models_dir, Path(build) / "wheels", log)
         else:

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -76,9 +76,12 @@ ORT_METHODS = {
     "percentile": CalibrationMethod.Percentile,
     "entropy": CalibrationMethod.Entropy,
 }
+# onnxruntime's quantize_dynamic rows (no calibration data): its default (per-tensor weights)
+# and per_channel=True. Both int8 weights, uint8 per-run activations (DynamicQuantizeLinear).
+ORT_DYNAMIC = {"dynamic": False, "dynamic-pc": True}
 # Float ops whose integer counterparts the "int kernels" column counts.
 FLOAT_KERNELS = {"Conv", "MatMul", "Gemm"}
-INTEGER_KERNELS = {"QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger", "QGemm", "MatMulInteger"}
+INTEGER_KERNELS = {"QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger", "QGemm", "MatMulInteger", "DynamicQuantizeMatMul"}
 # Quantization nodes: the static pairs and the per-run quantizer of dynamic scaling.
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
@@ -122,22 +125,26 @@ class CollectLogs(logging.Handler):
 
 
 def quantize_with_ort(model, calib, output, method):
-    """Runs quantize_static with the comparison's settings; returns (seconds, logged messages)."""
+    """Runs quantize_static with the comparison's settings, or quantize_dynamic for the methods
+    of ORT_DYNAMIC (default options but per_channel); returns (seconds, logged messages)."""
     handler = CollectLogs()
     root = logging.getLogger()
     root.addHandler(handler)
     try:
         start = time.perf_counter()
-        quantize_static(
-            str(model),
-            str(output),
-            NpzReader(calib),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=ORT_METHODS[method],
-        )
+        if method in ORT_DYNAMIC:
+            quantize_dynamic(str(model), str(output), per_channel=ORT_DYNAMIC[method], weight_type=QuantType.QInt8)
+        else:
+            quantize_static(
+                str(model),
+                str(output),
+                NpzReader(calib),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=ORT_METHODS[method],
+            )
         seconds = time.perf_counter() - start
     finally:
         root.removeHandler(handler)
@@ -215,6 +222,62 @@ def quantize_with_whittle(whittle, pipeline, model, calib, output, timeout):
         lines = [line.strip() for line in done.stderr.splitlines() if line.strip()] or [f"exit code {done.returncode}"]
         raise RuntimeError(next((line for line in lines if line.startswith("error")), lines[-1]))
     return seconds
+
+
+def target_detail(report_path):
+    """The `kind: target` detail of the (last) quantize pass in a run report, or None."""
+    try:
+        passes = json.loads(Path(report_path).read_text())["passes"]
+        details = [p for p in passes if p["name"] == "quantize"][-1]["report"]["details"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    return next((d for d in details if d.get("kind") == "target"), None)
+
+
+def first_samples(path, count, into):
+    """The first `count` samples of the .npz at `path`, written to `into` (the samples a target
+    search used when `target.holdout` kept the last ones out); `path` itself when that is all."""
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    if all(len(a) == count for a in arrays.values()):
+        return Path(path)
+    bench_models.write_npz(into, {name: a[:count] for name, a in arrays.items()})
+    return into
+
+
+def check_target(whittle, original, output, calib, report_path):
+    """Must-shows 1 and 2 of issue 13 for a row whose pipeline has a target: the final figure the
+    report gives (the written model on the samples the search used), `whittle validate ORIGINAL
+    OUTPUT --data SAME_SAMPLES --json` on those samples, and the report's own verdict. `original`
+    is the pass's input model (the model as shipped, or the prelude's output). Returns a dict,
+    empty when the row has no target."""
+    detail = target_detail(report_path)
+    if detail is None or "written_model" not in detail:
+        return {}
+    written = detail["written_model"]
+    found = {
+        "target": detail["target"],
+        "met": detail["met"],
+        "reported_sqnr": written.get("sqnr_db"),
+        "reported_samples": written.get("samples"),
+        "report_heldout_sqnr": (detail.get("held_out") or {}).get("sqnr_db"),
+        "search_sqnr": detail["search"].get("sqnr_db"),
+        "search_lower_bound": detail["search"].get("sqnr_db_lower_bound"),
+    }
+    data = first_samples(calib, written["samples"], output.with_suffix(".search-samples.npz"))
+    verdict = output.with_suffix(".validate.json")
+    command = [str(whittle), "validate", str(original), str(output), "--data", str(data), "--json", str(verdict)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0 or not verdict.is_file():
+        found["validate_error"] = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        return found
+    outputs = json.loads(verdict.read_text())["outputs"]
+    values = [o["sqnr_db"] for o in outputs]
+    found["validate_sqnr"] = min((float("inf") if v is None else v) for v in values)
+    found["validate_command"] = shlex.join(os.path.relpath(c, ROOT) if c.startswith(str(ROOT)) else c for c in command)
+    match = re.search(r"SQNR >= ([0-9.]+) dB", detail["target"])
+    found["min_sqnr"] = float(match.group(1)) if match else None
+    return found
 
 
 def int8_mac_share(report_path):
@@ -303,6 +366,13 @@ def sqnr_db(reference, outputs):
     return float("inf") if noise == 0 else 10 * np.log10(signal / noise)
 
 
+def cosine(reference, outputs):
+    """a.b / (|a| |b|) over every sample and element (`whittle validate`'s cosine); 1 for two zeros."""
+    a, b = reference.ravel(), outputs.ravel()
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return 1.0 if norms == 0 else float(np.dot(a, b)) / norms
+
+
 def looks_like_scores(reference):
     """Class scores: each sample's output is [1, classes] with at least two classes."""
     return reference.ndim == 3 and reference.shape[1] == 1 and reference.shape[2] >= 2
@@ -351,11 +421,12 @@ def integer_kernels(path, optimized_path):
     return sum(n for op, n in counts.items() if op in INTEGER_KERNELS)
 
 
-def measure(path, samples, reference, optimized_path, pinned=()):
+def measure(path, samples, reference, optimized_path, pinned=(), labels=None):
     """Every column of one row but latency, for a model that exists; also its session and outputs.
 
     `pinned`: the inputs the model is expected to lack (those a prelude pinned); any other
-    input of the data it lacks is an error, as is a pinned input it still has.
+    input of the data it lacks is an error, as is a pinned input it still has. `labels`: the
+    held-out samples' classes, if the model has them (top-1 vs labels, also of fp32).
     """
     sess = session(path)
     declared = {value.name for value in sess.get_inputs()}
@@ -373,8 +444,11 @@ def measure(path, samples, reference, optimized_path, pinned=()):
         row["note"] = "nothing quantized: no QuantizeLinear/DequantizeLinear/DynamicQuantizeLinear in the model"
     if reference is not None:
         row["sqnr"] = sqnr_db(reference, outputs)
+        row["cosine"] = cosine(reference, outputs)
         if looks_like_scores(reference):
             row["top1"] = top1_agreement(reference, outputs)
+    if labels is not None and looks_like_scores(outputs):
+        row["accuracy"] = float(np.mean(np.argmax(outputs[:, 0], axis=-1) == labels))
     return row, outputs, sess
 
 
@@ -405,7 +479,8 @@ def bench_model(name, paths, args, log):
     whittle_floats = floats  # the prelude's output's count once the `whittle prelude` row has it
     rows = []
 
-    fp32, reference, sess = measure(model, samples, None, out_dir / "fp32.ort-opt.onnx")
+    labels = paths.get("labels")
+    fp32, reference, sess = measure(model, samples, None, out_dir / "fp32.ort-opt.onnx", labels=labels)
     rows.append({"model": name, "quantizer": "fp32", "floats": floats, "scores": looks_like_scores(reference), **fp32})
     sessions = [(rows[0], sess)]
     log(f"{name}: fp32 measured")
@@ -437,6 +512,9 @@ def bench_model(name, paths, args, log):
                     for _ in range(args.repeat)
                 )
                 row["int8_macs"] = int8_mac_share(output.with_suffix(".report.json"))
+                if method is not None:
+                    original = out_dir / "whittle-prelude.onnx" if prelude else model
+                    row["target"] = check_target(args.whittle, original, output, paths["whittle_calib"], output.with_suffix(".report.json"))
         except Exception as error:  # noqa: BLE001  (any failure becomes the row's note)
             row["error"] = f"{label.split()[0]} failed: {error}"
             rows.append(row)
@@ -444,7 +522,7 @@ def bench_model(name, paths, args, log):
             continue
         try:
             expected_missing = pinned if label.startswith("whittle") else {}
-            measured, _, sess = measure(output, samples, reference, out_dir / f"{stem}.ort-opt.onnx", expected_missing)
+            measured, _, sess = measure(output, samples, reference, out_dir / f"{stem}.ort-opt.onnx", expected_missing, labels)
             row.update(measured)
             sessions.append((row, sess))
             if method is None:  # the `whittle prelude` row
@@ -549,8 +627,8 @@ def cell(value, fmt):
 
 def table(rows):
     lines = [
-        "| model | quantizer | time (s) | size (KB) | SQNR (dB) | top-1 | latency (ms) | int kernels | int8 MACs | Q/DQ nodes | notes |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| model | quantizer | time (s) | size (KB) | SQNR (dB) | cosine | top-1 | top-1 vs labels | latency (ms) | int kernels | int8 MACs | Q/DQ nodes | notes |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for row in rows:
         is_ref = row["quantizer"] == "fp32"
@@ -562,7 +640,9 @@ def table(rows):
             cell(row.get("time_s"), "{:.2f}"),
             cell(row.get("size_kb"), "{:.1f}"),
             "ref" if is_ref else cell(row.get("sqnr"), "{:.2f}"),
+            "ref" if is_ref else cell(row.get("cosine"), "{:.6f}"),
             ("ref" if row["scores"] else "—") if is_ref else cell(row.get("top1"), "{:.1%}"),
+            cell(row.get("accuracy"), "{:.1%}"),
             cell(row.get("latency_ms"), "{:.3f}"),
             cell(kernels, "{}"),
             "" if row.get("int8_macs") is None else f"{row['int8_macs']:.1%}",
@@ -570,6 +650,40 @@ def table(rows):
             shorten(row.get("error", row.get("note", ""))),
         ]) + " |")  # fmt: skip
     return "\n".join(lines)
+
+
+def target_table(rows):
+    """Issue 13, must-shows 1 and 2: for every row with a target, the figure the report gives,
+    `whittle validate` on the same samples, their difference, and the held-out SQNR
+    (onnxruntime, heldout.npz) against the target."""
+    lines = [
+        "| model | quantizer | target | search: SQNR, 95% lower bound | reported: SQNR (samples) | `whittle validate` same samples | Δ | report: met | report: held-out part | held-out SQNR (onnxruntime) | met on held-out | int8 MACs |",
+        "|---|---|---|--:|--:|--:|--:|---|--:|--:|---|--:|",
+    ]
+    for row in rows:
+        t = row.get("target") or {}
+        if not t:
+            continue
+        delta = None
+        if t.get("validate_sqnr") is not None and t.get("reported_sqnr") is not None:
+            delta = t["validate_sqnr"] - t["reported_sqnr"]
+        held = row.get("sqnr")
+        met_held = "—" if held is None or t.get("min_sqnr") is None else ("yes" if held >= t["min_sqnr"] else "**no**")
+        lines.append("| " + " | ".join([
+            row["model"],
+            row["quantizer"],
+            t["target"],
+            f"{cell(t.get('search_sqnr'), '{:.2f}')}, {cell(t.get('search_lower_bound'), '{:.2f}')}",
+            f"{cell(t.get('reported_sqnr'), '{:.2f}')} ({t.get('reported_samples')})",
+            t.get("validate_error") or cell(t.get("validate_sqnr"), "{:.2f}"),
+            cell(delta, "{:+.3f}"),
+            "met" if t["met"] else "**NOT met**",
+            cell(t.get("report_heldout_sqnr"), "{:.2f}"),
+            cell(held, "{:.2f}"),
+            met_held,
+            "" if row.get("int8_macs") is None else f"{row['int8_macs']:.1%}",
+        ]) + " |")  # fmt: skip
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def best_methods(rows):
@@ -620,7 +734,7 @@ def parse_args():
         help="more whittle pipeline files, one row `whittle NAME` each (default: every bench/quantize/int8-NAME.yaml "
         "that is not one of the four method files; the option without values: none)",
     )
-    parser.add_argument("--ort-methods", nargs="*", default=["minmax"], choices=list(ORT_METHODS), help="onnxruntime calibration methods (default: minmax, the comparison's)")
+    parser.add_argument("--ort-methods", nargs="*", default=["minmax"], choices=[*ORT_METHODS, *ORT_DYNAMIC], help="onnxruntime calibration methods of quantize_static, or dynamic / dynamic-pc for quantize_dynamic (default / per_channel=True) (default: minmax, the comparison's)")
     parser.add_argument("--calib-samples", type=int, default=bench_models.CALIB_SAMPLES)
     parser.add_argument("--heldout-samples", type=int, default=bench_models.HELDOUT_SAMPLES)
     parser.add_argument("--latency-runs", type=int, default=200)
@@ -653,6 +767,17 @@ def main():
         best_methods(rows),
         "",
     ])  # fmt: skip
+    targets = target_table(rows)
+    if targets:
+        report += "\n".join([
+            "",
+            "Rows with an accuracy target: the figure the report gives for the written model on the samples the",
+            "search used, `whittle validate ORIGINAL OUTPUT --data SAME_SAMPLES --json` on them (ORIGINAL: the",
+            "pass's input model; the commands are in the rows' .validate.json folders), and the held-out SQNR:",
+            "",
+            targets,
+            "",
+        ])  # fmt: skip
     print(report)
     args.out.write_text(report)
     if args.ort_messages:

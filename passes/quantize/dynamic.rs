@@ -12,7 +12,11 @@
 //! ```
 //!
 //! `x_s · w_s[c]` is one multiply per output channel; the float bias is added
-//! after. DynamicQuantizeLinear gives uint8 over `[min(x, 0), max(x, 0)]` of
+//! after. A Gemm (no transA, alpha = beta = 1) takes the same form as a
+//! MatMul, its weight stored `[K, N]` (transposed when `transB` is set) and
+//! its C added after. A MatMul of two activations (attention's `Q·Kᵀ` and
+//! `P·V`) gets both inputs quantized per run, both uint8:
+//! `MatMulInteger(a_u8, b_u8, a_zp, b_zp) ─ Cast ─ × a_s·b_s`. DynamicQuantizeLinear gives uint8 over `[min(x, 0), max(x, 0)]` of
 //! the run, so a quiet input keeps its resolution where a calibrated scale
 //! would round it to a few levels. The weight's zero point must be one value
 //! (symmetric weights), which ConvInteger and MatMulInteger take as a scalar.
@@ -50,21 +54,24 @@ pub fn emit(
         ));
     }
     let (x, w, y) = (&n.inputs[0], &n.inputs[1], &n.outputs[0]);
-    let [xq, xs, xz] = match shared.get(x) {
-        Some(names) => names.clone(),
-        None => {
-            let names = ["quantized", "scale", "zero_point"]
-                .map(|s| ed.g.unique_name(&format!("{x}_dynamic_{s}")));
-            let name = ed.node_name(&format!("{x}_DynamicQuantizeLinear"));
-            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            ed.g.insert_node_before(
-                node,
-                Node::with_io("DynamicQuantizeLinear", &name, &[x], &refs),
-            );
-            shared.insert(x.clone(), names.clone());
-            names
+    let [xq, xs, xz] = per_run(ed, node, x, shared);
+    // Gemm with transB holds B as [N, K]; MatMulInteger wants [K, N].
+    let gemm = n.op_type() == "Gemm";
+    let (data, dims) = if gemm && n.attr_int("transB") == Some(1) && dims.len() == 2 {
+        let (rows, cols) = (dims[0] as usize, dims[1] as usize);
+        let width = q.data.len() / (rows * cols).max(1);
+        let mut t = vec![0u8; q.data.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                let (from, to) = ((r * cols + c) * width, (c * rows + r) * width);
+                t[to..to + width].copy_from_slice(&q.data[from..from + width]);
+            }
         }
+        (t, vec![dims[1], dims[0]])
+    } else {
+        (q.data.clone(), dims.to_vec())
     };
+    let dims = &dims[..];
     let wq = ed.g.unique_name(&format!("{w}_quantized"));
     let wz = ed.g.unique_name(&format!("{w}_zero_point"));
     let ws = ed.g.unique_name(&format!("{w}_scale"));
@@ -72,7 +79,7 @@ pub fn emit(
         &wq,
         dtype.data_type(),
         dims.to_vec(),
-        Bytes::from(q.data.clone()),
+        Bytes::from(data),
     ));
     ed.g.add_initializer(Tensor::from_raw(
         &wz,
@@ -106,16 +113,11 @@ pub fn emit(
         m.op_type = Some(if conv { "ConvInteger" } else { "MatMulInteger" }.into());
         m.inputs = vec![xq.clone(), wq.clone(), xz.clone(), wz.clone()];
         m.outputs = vec![acc.clone()];
+        if gemm {
+            m.attributes.clear(); // transB is in the stored weight; alpha = beta = 1
+        }
     });
-    let cast_name = ed.node_name(&format!("{label}_Cast"));
-    let mut cast = Node::with_io("Cast", &cast_name, &[&acc], &[&accf]);
-    cast.set_attr(Attribute::int("to", i64::from(DataType::Float.code())));
-    let cast = ed.g.insert_node_after(node, cast);
-    let scale_name = ed.node_name(&format!("{label}_scale_Mul"));
-    let s = ed.g.insert_node_after(
-        cast,
-        Node::with_io("Mul", &scale_name, &[&xs, &ws], &[&scale]),
-    );
+    let s = rescale(ed, node, &label, &acc, &accf, [&xs, &ws], &scale);
     let mul_name = ed.node_name(&format!("{label}_Mul"));
     match bias {
         None => {
@@ -134,4 +136,62 @@ pub fn emit(
         }
     }
     Ok(())
+}
+
+/// The DynamicQuantizeLinear outputs `[quantized, scale, zero_point]` of
+/// `x`, inserted before `node` unless another node made them already.
+fn per_run(ed: &mut Editor, node: NodeId, x: &str, shared: &mut Shared) -> [String; 3] {
+    if let Some(names) = shared.get(x) {
+        return names.clone();
+    }
+    let names =
+        ["quantized", "scale", "zero_point"].map(|s| ed.g.unique_name(&format!("{x}_dynamic_{s}")));
+    let name = ed.node_name(&format!("{x}_DynamicQuantizeLinear"));
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    ed.g.insert_node_before(
+        node,
+        Node::with_io("DynamicQuantizeLinear", &name, &[x], &refs),
+    );
+    shared.insert(x.to_string(), names.clone());
+    names
+}
+
+/// After the integer `node` (output `acc`): `Cast(acc) → accf` and
+/// `Mul(scales) → scale`; returns the Mul's id (the caller multiplies).
+fn rescale(
+    ed: &mut Editor,
+    node: NodeId,
+    label: &str,
+    acc: &str,
+    accf: &str,
+    scales: [&str; 2],
+    scale: &str,
+) -> NodeId {
+    let cast_name = ed.node_name(&format!("{label}_Cast"));
+    let mut cast = Node::with_io("Cast", &cast_name, &[acc], &[accf]);
+    cast.set_attr(Attribute::int("to", i64::from(DataType::Float.code())));
+    let cast = ed.g.insert_node_after(node, cast);
+    let scale_name = ed.node_name(&format!("{label}_scale_Mul"));
+    ed.g.insert_node_after(cast, Node::with_io("Mul", &scale_name, &scales, &[scale]))
+}
+
+/// Rewrites `node`, a planned dynamic MatMul of two activations, into
+/// `MatMulInteger(a_u8, b_u8, a_zp, b_zp) ─ Cast ─ × a_s·b_s ─ y`.
+pub fn emit_pair(ed: &mut Editor, node: NodeId, shared: &mut Shared) {
+    let n = ed.g.node(node).clone();
+    let (a, b, y) = (&n.inputs[0], &n.inputs[1], &n.outputs[0]);
+    let [aq, as_, az] = per_run(ed, node, a, shared);
+    let [bq, bs, bz] = per_run(ed, node, b, shared);
+    let acc = ed.g.unique_name(&format!("{y}_int32"));
+    let accf = ed.g.unique_name(&format!("{y}_int32_float"));
+    let scale = ed.g.unique_name(&format!("{y}_scale"));
+    let label = n.name().to_string();
+    ed.g.update_node(node, |m| {
+        m.op_type = Some("MatMulInteger".into());
+        m.inputs = vec![aq.clone(), bq.clone(), az.clone(), bz.clone()];
+        m.outputs = vec![acc.clone()];
+    });
+    let s = rescale(ed, node, &label, &acc, &accf, [&as_, &bs], &scale);
+    let mul_name = ed.node_name(&format!("{label}_Mul"));
+    ed.g.insert_node_after(s, Node::with_io("Mul", &mul_name, &[&accf, &scale], &[y]));
 }

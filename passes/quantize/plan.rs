@@ -413,6 +413,13 @@ fn prune(g: &Graph, p: &mut Plan) {
     }
 }
 
+/// A Gemm that is `X·op(B) + C`: no transA, alpha and beta 1 (what
+/// MatMulInteger plus a float Add computes).
+fn plain_gemm(n: &crate::ir::Node) -> bool {
+    let one = |name: &str| n.attr_float(name).is_none_or(|v| v == 1.0);
+    n.attr_int("transA").unwrap_or(0) == 0 && one("alpha") && one("beta")
+}
+
 /// Plans a Conv, ConvTranspose, Gemm or MatMul.
 fn compute(
     g: &Graph,
@@ -451,13 +458,24 @@ fn compute(
     let integer_kernel = match (op, g.initializer(w)) {
         ("Conv", Some(t)) => t.dims.len() >= 3 && float_bias(t.dims[0]),
         ("MatMul", Some(t)) => t.dims.len() == 2,
+        // Gemm as MatMulInteger: Y = X·B (+ C), B's rows the K axis after
+        // transB is applied to the stored weight.
+        ("Gemm", Some(t)) if t.dims.len() == 2 => {
+            let channels = t.dims[usize::from(n.attr_int("transB") != Some(1))];
+            plain_gemm(n) && float_bias(channels)
+        }
+        // Two activations: both scaled per run.
+        ("MatMul", None) => true,
         _ => false,
     };
     if dynamic && integer_kernel {
         what[0] = format!("input {x:?} scaled per run (DynamicQuantizeLinear)");
+        if g.initializer(w).is_none() {
+            what[0] = format!("inputs {x:?} and {w:?} scaled per run (DynamicQuantizeLinear)");
+        }
     } else if dynamic {
         what.push(format!(
-            "static: {op} has no dynamic integer form here (Conv and MatMul with a constant weight do)"
+            "static: {op} has no dynamic integer form here (Conv, MatMul and Gemm without transA, alpha or beta do)"
         ));
     }
     let dynamic = dynamic && integer_kernel;

@@ -427,9 +427,80 @@ fn db(v: f64) -> String {
     }
 }
 
+/// Above this share of the MACs kept float, the report names the kept-float
+/// nodes and the options that may recover them.
+pub const MOSTLY_FLOAT: f64 = 0.3;
+
 impl Outcome {
-    /// Adds the ranked table (terminal and JSON), the decision and its counters.
-    pub fn report(&self, report: &mut PassReport, target: Option<&super::Target>) {
+    /// When the target keeps more than [`MOSTLY_FLOAT`] of `total_macs`
+    /// float: a note naming each kept-float node with its share of the MACs
+    /// and the output SQNR it gave quantized alone (the sensitivity
+    /// measurement of this run), and the `options` to try (terminal text, a
+    /// `kept_float` JSON detail and a warning). `options` lists options not in
+    /// use yet that the bench shows recovering float nodes.
+    fn kept_float_note(&self, report: &mut PassReport, total_macs: u64, options: &[&str]) {
+        let kept: Vec<&Row> = self
+            .rows
+            .iter()
+            .filter(|r| self.keep_float.contains(&r.node))
+            .collect();
+        let float_macs: u64 = kept.iter().filter_map(|r| r.macs).sum();
+        if total_macs == 0 || (float_macs as f64) <= MOSTLY_FLOAT * total_macs as f64 {
+            return;
+        }
+        let share = |m: Option<u64>| m.unwrap_or(0) as f64 / total_macs as f64;
+        let mut text = format!(
+            "{:.1}% of the MACs stay float, in {} nodes (MACs share, SQNR quantized alone as measured above):",
+            100.0 * float_macs as f64 / total_macs as f64,
+            kept.len()
+        );
+        let mut nodes = Vec::new();
+        let mut by_macs = kept.clone();
+        by_macs.sort_by(|a, b| b.macs.cmp(&a.macs).then(a.label.cmp(&b.label)));
+        for r in &by_macs {
+            let _ = write!(
+                text,
+                "\n  {:>6.1}%  {:>8} dB  {}",
+                100.0 * share(r.macs),
+                db(r.alone.sqnr_db),
+                r.label
+            );
+            nodes.push(json!({
+                "node": r.label, "macs": r.macs, "macs_share": share(r.macs),
+                "sqnr_db_quantized_alone": finite(r.alone.sqnr_db),
+            }));
+        }
+        let advice = if options.is_empty() {
+            "every option the bench shows recovering float nodes is on already".to_string()
+        } else {
+            format!(
+                "try {} (the bench recovers float nodes with them; their onnxruntime latency cost is in BENCHMARKS.md, quantize sections of issues 6 and 13)",
+                options.join(", ")
+            )
+        };
+        let _ = write!(text, "\n  {advice}");
+        report.summary.push(text);
+        report.warnings.push(format!(
+            "the target keeps {:.1}% of the MACs float ({} nodes); {advice}",
+            100.0 * float_macs as f64 / total_macs as f64,
+            kept.len()
+        ));
+        report.details.push(json!({
+            "kind": "kept_float", "macs_float_share": float_macs as f64 / total_macs as f64,
+            "nodes": nodes, "suggested_options": options,
+        }));
+    }
+
+    /// Adds the ranked table (terminal and JSON), the decision and its
+    /// counters; with a target, the kept-float note (`total_macs`, `options`:
+    /// see [`Outcome::kept_float_note`]).
+    pub fn report(
+        &self,
+        report: &mut PassReport,
+        target: Option<&super::Target>,
+        total_macs: u64,
+        options: &[&str],
+    ) {
         report.count("sensitivity_nodes", self.rows.len() as i64);
         report.count("sensitivity_models_run", self.evaluations as i64);
         let mut table = String::new();
@@ -538,6 +609,9 @@ impl Outcome {
             }
         }
         report.summary.push(table.trim_end().to_string());
+        if target.is_some() {
+            self.kept_float_note(report, total_macs, options);
+        }
     }
 }
 
