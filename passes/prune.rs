@@ -87,6 +87,7 @@
 
 mod channel;
 mod groups;
+mod reconstruct;
 mod sparse;
 
 use std::collections::BTreeMap;
