@@ -321,3 +321,29 @@ fn data_aware_options_without_data_fail_naming_the_option() {
         assert!(!out.exists(), "{options}: wrote a model");
     }
 }
+
+#[test]
+fn an_sqnr_target_is_met_and_its_final_line_equals_validate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::fixture("resnet_tiny.onnx");
+    let data = common::fixture("resnet_tiny.data.npz");
+    let p = write_pipeline(tmp.path(), "p", "      target: { min_sqnr_db: 25 }");
+    let out = tmp.path().join("t.onnx");
+    let stderr = common::run_pipeline(&p, &input, &data, &out, &["--threads", "2"]);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("target.min_sqnr_db 25: met"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains("calibration samples"), "{line}");
+    let printed: f64 = line
+        .split("output SQNR ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    let measured = validate_sqnr(&input, &out, &data);
+    assert!(measured >= 25.0, "{measured}");
+    assert!((printed - measured).abs() < 0.01, "{printed} vs {measured}");
+    // Something was pruned.
+    assert!(macs(&out) < macs(&input), "{stderr}");
+}

@@ -262,7 +262,7 @@ fn importance(
 
 /// Channels a group keeps when `want` are asked for: at least `min_channels`,
 /// and a multiple of `round_to` elements in its widest tensor axis.
-fn bounded_keep(cfg: &Prune, group: &Group, want: usize) -> usize {
+pub(super) fn bounded_keep(cfg: &Prune, group: &Group, want: usize) -> usize {
     let n = group.channels.len();
     let unit = group
         .channels
@@ -283,7 +283,7 @@ fn bounded_keep(cfg: &Prune, group: &Group, want: usize) -> usize {
 }
 
 /// The `keep` most important channels' complement, sorted.
-fn least(scores: &[f64], keep: usize) -> Vec<usize> {
+pub(super) fn least(scores: &[f64], keep: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&x, &y| scores[y].total_cmp(&scores[x]).then(x.cmp(&y)));
     let mut removed: Vec<usize> = order[keep.min(order.len())..].to_vec();
@@ -316,7 +316,7 @@ fn new_shape(a: &Analysis, shapes: &Shapes, counts: &[usize], t: &str) -> Option
 
 /// Conv/ConvTranspose/Gemm/MatMul MACs (counted by `inspect::node_macs`) and
 /// float weight elements after removing `removed`.
-fn cost(g: &Graph, plan: &Plan, removed: &[Vec<usize>]) -> (u64, u64) {
+pub(super) fn cost(g: &Graph, plan: &Plan, removed: &[Vec<usize>]) -> (u64, u64) {
     let counts = removed_counts(&plan.analysis, removed);
     let shape = |t: &str| new_shape(&plan.analysis, &plan.shapes, &counts, t);
     let mut macs = 0u64;
@@ -462,11 +462,8 @@ pub fn plan(
             let (goal, use_macs, field) = match (t.macs, t.params) {
                 (Some(m), _) => ((macs0 as f64 * m), true, "macs"),
                 (_, Some(p)) => ((params0 as f64 * p), false, "params"),
-                _ => {
-                    return Err(PassError::Model(
-                        "target.min_sqnr_db is not built yet for channel pruning; use target.macs or target.params".into(),
-                    ))
-                }
+                // min_sqnr_db: chosen by `target::search` on measured runs.
+                _ => return Ok(plan),
             };
             // Scores over the group's mean: comparable across groups.
             let normalized: Vec<Option<Vec<f64>>> = plan
@@ -759,7 +756,21 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
         "macs_after",
     ]);
     let before = crate::inspect::summarize(model);
-    let plan = plan(cfg, model, ctx, &mut report)?;
+    let mut plan = plan(cfg, model, ctx, &mut report)?;
+    let mut last_line = None;
+    if let Some(t) = &cfg.target {
+        if let Some(db) = t.min_sqnr_db {
+            last_line = Some(super::target::search(
+                cfg,
+                model,
+                ctx,
+                &mut plan,
+                db,
+                t.samples,
+                &mut report,
+            )?);
+        }
+    }
     let g = &model.graph;
     // MACs as `inspect::node_macs` counts them, on the shapes tract proves
     // (inspect's own propagation does not follow every op a model has).
@@ -880,6 +891,7 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
     );
     summary.push_str(&rows.join("\n"));
     report.summary.push(summary);
+    report.summary.extend(last_line);
     Ok(report)
 }
 

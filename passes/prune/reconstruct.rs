@@ -505,7 +505,7 @@ pub fn refit(
             "reconstructed": n.label(),
             "features_kept": kept.len(),
             "features_removed": removed.len(),
-            "damping": lambda,
+            "damping": format!("{lambda:.4e}").parse::<f64>().unwrap_or(lambda),
             "intercept": intercept,
             "layer_sqnr_db_removed": round3(before_db),
             "layer_sqnr_db_refit": round3(after_db),
