@@ -34,8 +34,11 @@
 //! combinations; tested ≥ 60 dB end to end). Otherwise it is the best linear correction for each consumer
 //! on its own: the moments are those of the unpruned model, so a consumer
 //! whose input was itself changed by pruning upstream (a removed filter of
-//! the layer before) is fitted to the unpruned input; measured on the
-//! trained fixtures, this one-probe fit is what ships (BENCHMARKS.md).
+//! the layer before) is fitted to the unpruned input. Refitting each
+//! consumer in turn on the partly pruned model instead was measured on the
+//! five trained fixtures (BENCHMARKS.md): better on two (up to +2.6 dB),
+//! worse on two (up to −0.8 dB), at one calibration run per consumer (30×
+//! slower on yolo_tiny), so the one-run fit is what ships.
 //!
 //! Memory: `D²` f64 per consumer (`D` = row length); rows longer than
 //! `MomentLimits::max_row` (1536) get no moments, are not re-fitted, and the
