@@ -556,6 +556,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn channel_energies_weigh_weight_norms_by_input_norms() {
+        // MatMul weight [K=3, N=2]; E[x²] = 4, 0 (a dead input), 1.
+        let w = Tensor::from_f32("w", vec![3, 2], &[1.0, 2.0, 5.0, 5.0, 0.5, 0.5]);
+        let layout = Layout::Dense {
+            k: 3,
+            n: 2,
+            transposed: false,
+        };
+        let mut h = vec![0f64; 9];
+        (h[0], h[4], h[8]) = (40.0, 0.0, 10.0);
+        let stats = InputStats {
+            moments: Moments {
+                layout,
+                h: vec![h],
+                positions: 10,
+                samples: 10,
+            },
+            sums: vec![0.0; 3],
+        };
+        let e = channel_energies(&w, &stats, 3).unwrap();
+        // Σ_r W[j, r]² · E[x_j²]: the large weights on the dead input count for nothing.
+        let want = [(1.0 + 4.0) * 4.0, 0.0, 0.5 * 1.0];
+        for (got, want) in e.iter().zip(want) {
+            assert!((got - want).abs() < 1e-12, "{e:?}");
+        }
+    }
+
+    #[test]
     fn a_removed_feature_that_is_a_combination_of_kept_ones_is_refit_exactly() {
         // x2 = 2·x0 − x1 on every row: removing it and re-fitting loses nothing.
         let rows: Vec<[f64; 3]> = (0..20)
