@@ -184,3 +184,207 @@ fn bad_options_fail_naming_the_yaml_path() {
         assert!(!out.exists(), "{options}: wrote a model");
     }
 }
+
+/// The lowest output SQNR `whittle validate` prints for `b` against `a`.
+fn validate_sqnr(a: &Path, b: &Path, data: &Path) -> f64 {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("v.json");
+    let out = common::whittle(&[
+        "validate",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = common::text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let mut worst = f64::INFINITY;
+    let outputs = v["outputs"].as_array().expect("outputs in validate's JSON");
+    for o in outputs {
+        // validate writes an exact match's infinite SQNR as null.
+        let db = o["sqnr_db"].as_f64().unwrap_or(f64::INFINITY);
+        worst = worst.min(db);
+    }
+    worst
+}
+
+/// x[1,3,8,8] ─ conv1(3→6, 3×3) ─ conv2(6→4, 3×3) ─ y, where conv1's
+/// filter 5 (and bias) is 0.1·filter 0 − 0.05·filter 1: channel 5 is a
+/// linear combination of channels 0 and 1 (in conv2's zero padding too),
+/// and the smallest (l1).
+fn affine_channel_model(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use whittle::ir::{Attribute, DataType, Dim, Graph, Model, Node, Tensor, TypeInfo, ValueInfo};
+    let mut seed = 11u64;
+    let mut rand = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((seed >> 33) as f64 / (1u64 << 31) as f64 - 0.5) as f32
+            })
+            .collect()
+    };
+    let mut g = Graph::new("affine");
+    let dims = |d: &[i64]| d.iter().map(|&v| Dim::known(v)).collect::<Vec<_>>();
+    g.inputs.push(ValueInfo::new(
+        "x",
+        TypeInfo::tensor(DataType::Float, dims(&[1, 3, 8, 8])),
+    ));
+    g.outputs.push(ValueInfo::new(
+        "y",
+        TypeInfo::tensor(DataType::Float, dims(&[1, 4, 8, 8])),
+    ));
+    let mut w1 = rand(6 * 27);
+    let mut b1 = rand(6);
+    for k in 0..27 {
+        w1[5 * 27 + k] = 0.1 * w1[k] - 0.05 * w1[27 + k];
+    }
+    b1[5] = 0.1 * b1[0] - 0.05 * b1[1];
+    g.add_initializer(Tensor::from_f32("w1", vec![6, 3, 3, 3], &w1));
+    g.add_initializer(Tensor::from_f32("b1", vec![6], &b1));
+    g.add_initializer(Tensor::from_f32("w2", vec![4, 6, 3, 3], &rand(4 * 54)));
+    g.add_initializer(Tensor::from_f32("b2", vec![4], &rand(4)));
+    let pads = || Attribute::ints("pads", vec![1, 1, 1, 1]);
+    let mut c1 = Node::with_io("Conv", "conv1", &["x", "w1", "b1"], &["h"]);
+    c1.set_attr(pads());
+    let mut c2 = Node::with_io("Conv", "conv2", &["h", "w2", "b2"], &["y"]);
+    c2.set_attr(pads());
+    g.add_node(c1);
+    g.add_node(c2);
+    let model_path = dir.join("affine.onnx");
+    whittle::onnx::save(&Model::new(g, 17), &model_path, &Default::default()).unwrap();
+    let data: Vec<f32> = rand(16 * 3 * 64).iter().map(|v| 2.0 * v).collect();
+    let data_path = dir.join("affine.npz");
+    common::write_npz(
+        &data_path,
+        &[(
+            "x".into(),
+            whittle::data::Array::from_f32(vec![16, 1, 3, 8, 8], &data),
+        )],
+    );
+    (model_path, data_path)
+}
+
+#[test]
+fn reconstruction_is_exact_when_a_removed_channel_is_a_linear_combination_of_kept_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = affine_channel_model(tmp.path());
+    let mut sqnr = Vec::new();
+    for reconstruct in ["false", "true"] {
+        let p = write_pipeline(
+            tmp.path(),
+            reconstruct,
+            &format!("      ratio: 0.2\n      reconstruct: {reconstruct}"),
+        );
+        let out = tmp.path().join(format!("{reconstruct}.onnx"));
+        common::run_pipeline(&p, &model, &data, &out, &["--threads", "1"]);
+        let w1 = whittle::onnx::load(&out).unwrap();
+        assert_eq!(w1.graph.initializer("w1").unwrap().dims, [5, 3, 3, 3]);
+        sqnr.push(validate_sqnr(&model, &out, &data));
+    }
+    assert!(sqnr[1] >= 60.0, "reconstructed: {sqnr:?}");
+    assert!(sqnr[0] < 40.0, "without reconstruction: {sqnr:?}");
+}
+
+#[test]
+fn reconstruction_raises_the_sqnr_of_a_trained_cnn_at_the_same_channels_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::root().join("fixtures/trained");
+    let model = dir.join("digits_cnn.onnx");
+    let (calib, test) = (
+        dir.join("digits_cnn.calib.npz"),
+        dir.join("digits_cnn.test.npz"),
+    );
+    let mut sqnr = Vec::new();
+    let mut kept = Vec::new();
+    for reconstruct in ["false", "true"] {
+        let p = write_pipeline(
+            tmp.path(),
+            reconstruct,
+            &format!("      ratio: 0.3\n      reconstruct: {reconstruct}"),
+        );
+        let out = tmp.path().join(format!("{reconstruct}.onnx"));
+        common::run_pipeline(&p, &model, &calib, &out, &["--threads", "2"]);
+        let m = whittle::onnx::load(&out).unwrap();
+        let mut dims: Vec<(String, Vec<i64>)> = m
+            .graph
+            .initializers()
+            .iter()
+            .filter(|t| t.dims.len() == 4)
+            .map(|t| (t.name().to_string(), t.dims.clone()))
+            .collect();
+        dims.sort();
+        kept.push(dims);
+        sqnr.push(validate_sqnr(&model, &out, &test));
+    }
+    assert_eq!(kept[0], kept[1], "the same channels are removed");
+    assert!(sqnr[1] > sqnr[0] + 6.0, "{sqnr:?}");
+}
+
+#[test]
+fn data_aware_options_give_the_same_bytes_on_one_and_two_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = affine_channel_model(tmp.path());
+    let p = write_pipeline(
+        tmp.path(),
+        "p",
+        "      ratio: 0.4\n      importance: activation\n      reconstruct: true",
+    );
+    let (a, b) = (tmp.path().join("a.onnx"), tmp.path().join("b.onnx"));
+    common::run_pipeline(&p, &model, &data, &a, &["--threads", "1"]);
+    common::run_pipeline(&p, &model, &data, &b, &["--threads", "2"]);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+}
+
+#[test]
+fn data_aware_options_without_data_fail_naming_the_option() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::fixture("resnet_tiny.onnx");
+    for (options, want) in [
+        (
+            "      reconstruct: true",
+            "reconstruct: true needs calibration data",
+        ),
+        (
+            "      importance: activation",
+            "importance: activation needs calibration data",
+        ),
+    ] {
+        let p = write_pipeline(tmp.path(), "bad", options);
+        let out = tmp.path().join("bad.onnx");
+        let (ok, _, stderr) = run(&p, &input, &out, "1");
+        assert!(!ok, "{options}");
+        assert!(stderr.contains(want), "{options}: {stderr}");
+        assert!(!out.exists(), "{options}: wrote a model");
+    }
+}
+
+#[test]
+fn an_sqnr_target_is_met_and_its_final_line_equals_validate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::fixture("resnet_tiny.onnx");
+    let data = common::fixture("resnet_tiny.data.npz");
+    let p = write_pipeline(tmp.path(), "p", "      target: { min_sqnr_db: 25 }");
+    let out = tmp.path().join("t.onnx");
+    let stderr = common::run_pipeline(&p, &input, &data, &out, &["--threads", "2"]);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("target.min_sqnr_db 25: met"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains("calibration samples"), "{line}");
+    let printed: f64 = line
+        .split("output SQNR ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    let measured = validate_sqnr(&input, &out, &data);
+    assert!(measured >= 25.0, "{measured}");
+    assert!((printed - measured).abs() < 0.01, "{printed} vs {measured}");
+    // Something was pruned.
+    assert!(macs(&out) < macs(&input), "{stderr}");
+}

@@ -4,10 +4,20 @@ Run from the repository root with the export venv, after `cargo build`:
 
     .venv-export/bin/python bench/prune/channel.py [--whittle target/debug/whittle] [--macs 0.7]
 
+With `--reconstruct` (must-show 4), instead, on the trained fixtures only:
+
+    .venv-export/bin/python bench/prune/channel.py --reconstruct --samples 1000 \
+        --models digits_cnn digits_student yolo_tiny digits_transformer bert_tiny
+
+prunes each to `target: { macs: M }` with `--data NAME.calib.npz` for every importance (l1, l2,
+activation) with `reconstruct: false` and `true` (the same channels removed: checked from the
+reports), and prints the output SQNR against the original and top-1 against the labels on the
+test inputs (onnxruntime).
+
 Models: the trained fixtures (fixtures/trained/: digits_cnn, digits_transformer, bert_tiny,
 yolo_tiny) and PP-OCR det/cls/rec (fetched by bench/quantize/fetch.py into
 bench/quantize/build/models/). For each model whittle prunes to `target: { macs: M }`
-(l1 importance); then, on the pruned file: `onnx.checker` with full shape inference,
+(default importance l2, no data); then, on the pruned file: `onnx.checker` with full shape inference,
 onnxruntime runs original and pruned on the model's test inputs (1 thread) with equal output
 shapes, the output SQNR against the original, top-1 accuracy against labels where the fixture
 has them, and the median onnxruntime latency (1 thread) before → after. Prints a markdown
@@ -142,6 +152,71 @@ def bench(name, path, whittle, macs, runs, limit, work):
     }
 
 
+CLASSIFIERS = ["digits_cnn", "digits_student", "digits_transformer", "bert_tiny"]
+
+
+def prune_run(whittle, name, path, work, options, data=None):
+    """whittle prune with `options` (YAML flow mapping body); (pruned path, prune counters, details)."""
+    tag = options.replace(" ", "").replace(":", "_").replace(",", "_").replace("{", "").replace("}", "")
+    pipeline = work / f"{name}.{tag}.yaml"
+    pipeline.write_text(f"version: 1\npasses:\n  - prune: {{ {options} }}\n")
+    out = work / f"{name}.{tag}.onnx"
+    report = work / f"{name}.{tag}.json"
+    cmd = [whittle, "run", str(pipeline), "--input", str(path), "--output", str(out), "--report", str(report)]
+    if data is not None:
+        cmd += ["--data", str(data)]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"{name} {options}: {run.stderr.strip()}")
+    r = json.loads(report.read_text())
+    p = next(p["report"] for p in r["passes"] if p["name"] == "prune")
+    return out, p["counters"], p.get("details", [])
+
+
+def outputs(path, samples):
+    sess = session(path)
+    names = [o.name for o in sess.get_outputs()]
+    return [sess.run(names, feed) for feed in samples]
+
+
+def top1(outs, labels):
+    return float(np.mean([int(np.argmax(o[0])) == int(labels[i]) for i, o in enumerate(outs)]))
+
+
+def reconstruction(whittle, models, macs, limit, work):
+    """Must-show 4: per trained model and importance, at target: { macs }, the output SQNR
+    (onnxruntime, test inputs) and top-1 against the labels with reconstruct false / true."""
+    rows = []
+    for name in models:
+        path = TRAINED / f"{name}.onnx"
+        calib = TRAINED / f"{name}.calib.npz"
+        samples = samples_of(name, path, limit)
+        labels = np.load(TRAINED / f"{name}.labels.npz")["labels"] if name in CLASSIFIERS else None
+        ref = outputs(path, samples)
+        base = top1(ref, labels) if labels is not None else None
+        for imp in ["l1", "l2", "activation"]:
+            row = {"model": name, "importance": imp, "top1_original": base}
+            kept = []
+            for rec in ["false", "true"]:
+                out, c, details = prune_run(whittle, name, path, work, f"target: {{ macs: {macs} }}, importance: {imp}, reconstruct: {rec}", calib)
+                got = outputs(out, samples)
+                row[f"sqnr_{rec}"] = sqnr([x for o in ref for x in o], [x for o in got for x in o])
+                row[f"top1_{rec}"] = top1(got, labels) if labels is not None else None
+                row["macs"] = (c["macs_before"], c["macs_after"])
+                row["removed"] = c["channels_removed"]
+                row["reconstructed"] = c.get("reconstructed", 0)
+                kept.append(sorted((d["group"], d["channels_after"]) for d in details if "group" in d))
+            assert kept[0] == kept[1], f"{name} {imp}: reconstruction changed the channels kept"
+            rows.append(row)
+    print(f"target: {{ macs: {macs} }}, --data fixtures/trained/NAME.calib.npz; scored on NAME.test.npz ({limit} samples max) in onnxruntime {ort.__version__}\n")
+    print("| model | importance | MACs ratio | channels removed | consumers re-fitted | SQNR dB, none → reconstruct | top-1 vs labels: original; none → reconstruct |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        m0, m1 = r["macs"]
+        acc = "—" if r["top1_original"] is None else f"{r['top1_original']:.3f}; {r['top1_false']:.3f} → {r['top1_true']:.3f}"
+        print(f"| {r['model']} | {r['importance']} | {m1 / max(m0, 1):.3f} | {r['removed']} | {r['reconstructed']} | {r['sqnr_false']:.1f} → {r['sqnr_true']:.1f} | {acc} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--whittle", default=str(ROOT / "target" / "debug" / "whittle"))
@@ -149,8 +224,13 @@ def main():
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--models", nargs="*", default=["digits_cnn", "digits_transformer", "bert_tiny", "yolo_tiny", "ppocr_det", "ppocr_cls", "ppocr_rec"])
+    parser.add_argument("--reconstruct", action="store_true", help="the reconstruction table (must-show 4) on the trained models instead")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="prune-channel-"))
+    if args.reconstruct:
+        models = [m for m in args.models if (TRAINED / f"{m}.calib.npz").is_file()]
+        reconstruction(args.whittle, models, args.macs, args.samples, work)
+        return
     rows = []
     for name in args.models:
         path = TRAINED / f"{name}.onnx"
@@ -159,7 +239,7 @@ def main():
 
             path = fetch(name, FETCHED, FETCHED.parent / "wheels", log=lambda *_: None)
         rows.append(bench(name, path, args.whittle, args.macs, args.runs, args.samples, work))
-    print(f"target: {{ macs: {args.macs} }}, importance l1; onnxruntime {ort.__version__}, 1 thread\n")
+    print(f"target: {{ macs: {args.macs} }}, default importance (l2), no --data (no reconstruction); onnxruntime {ort.__version__}, 1 thread\n")
     print("| model | MACs before → after (ratio) | file bytes before → after | output SQNR vs original (dB) | top-1 before → after | ort latency ms before → after | groups pruned / whole | MACs in prunable groups |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -35,7 +35,9 @@
 //!   per-channel sums (means) and absmax.
 //! - [`second_moments`] ([`moments`]): `H = Σ x xᵀ` per job and group, with
 //!   the positions counted (`E[x xᵀ] = H / positions`), capped per sample
-//!   and by row length (memory `groups · D²` f64 per job).
+//!   and by row length (memory `groups · D²` f64 per job);
+//!   [`first_and_second_moments`] adds the sums `Σ x` over the same
+//!   positions (centred moments, fits with an intercept).
 //! - [`Progress`]: the one-line progress bar on stderr.
 
 pub mod moments;
@@ -47,7 +49,9 @@ use crate::data::{Array, Sample};
 use crate::ir::{Model, ValueInfo};
 use crate::passes::{PassContext, PassError, PassReport};
 
-pub use moments::{second_moments, Layout, MomentJob, MomentLimits, Moments};
+pub use moments::{
+    first_and_second_moments, second_moments, Layout, MomentJob, MomentLimits, Moments,
+};
 pub use observe::{observe, Observed};
 pub use progress::Progress;
 

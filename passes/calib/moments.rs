@@ -182,6 +182,20 @@ impl Layout {
     /// most `cap` evenly spaced positions) to the per-group Gram matrices
     /// `h`; returns the positions added (0 when the shape does not fit).
     pub fn accumulate(&self, x: &[f32], shape: &[usize], h: &mut [Vec<f64>], cap: usize) -> u64 {
+        self.accumulate_with_sums(x, shape, h, None, cap)
+    }
+
+    /// [`Layout::accumulate`], also adding each row's values to the
+    /// per-group sums `Σ x` when `sums` is given (first moments over the
+    /// same positions: `E[x] = Σ x / positions`).
+    pub fn accumulate_with_sums(
+        &self,
+        x: &[f32],
+        shape: &[usize],
+        h: &mut [Vec<f64>],
+        mut sums: Option<&mut [Vec<f64>]>,
+        cap: usize,
+    ) -> u64 {
         let d = self.row_len();
         match self {
             Layout::Dense { k, .. } => {
@@ -197,6 +211,9 @@ impl Layout {
                     }
                 }
                 gram_add(&cols, d, picked.len(), &mut h[0]);
+                if let Some(s) = sums.as_deref_mut() {
+                    row_sums(&cols, d, picked.len(), &mut s[0]);
+                }
                 picked.len() as u64
             }
             Layout::Conv {
@@ -255,6 +272,9 @@ impl Layout {
                         }
                     }
                     gram_add(&cols, d, np, hg);
+                    if let Some(s) = sums.as_deref_mut() {
+                        row_sums(&cols, d, np, &mut s[g]);
+                    }
                 }
                 np as u64
             }
@@ -283,6 +303,13 @@ fn gram_add(cols: &[f64], d: usize, np: usize, h: &mut [f64]) {
                 h[b * d + a] += v;
             }
         }
+    }
+}
+
+/// `s[j] += Σ_p cols[j, p]` for `cols` stored feature-major.
+fn row_sums(cols: &[f64], d: usize, np: usize, s: &mut [f64]) {
+    for (j, v) in s.iter_mut().enumerate().take(d) {
+        *v += cols[j * np..(j + 1) * np].iter().sum::<f64>();
     }
 }
 
@@ -392,6 +419,44 @@ pub fn second_moments(
     limits: MomentLimits,
     progress: bool,
 ) -> Result<Vec<Option<Moments>>, PassError> {
+    Ok(
+        gather(model, jobs, samples, dir, threads, limits, progress, false)?
+            .into_iter()
+            .map(|m| m.map(|(m, _)| m))
+            .collect(),
+    )
+}
+
+/// A job's moments and its per-group sums `Σ x`.
+pub type WithSums = (Moments, Vec<Vec<f64>>);
+
+/// [`second_moments`] with the first moments too: per job, the moments and
+/// the per-group sums `Σ x` over the same positions (`E[x] = Σ x /
+/// positions`), for fits with an intercept (centred second moments).
+pub fn first_and_second_moments(
+    model: &Model,
+    jobs: &[MomentJob],
+    samples: &[Sample],
+    dir: Option<&std::path::Path>,
+    threads: usize,
+    limits: MomentLimits,
+    progress: bool,
+) -> Result<Vec<Option<WithSums>>, PassError> {
+    gather(model, jobs, samples, dir, threads, limits, progress, true)
+}
+
+/// Moments and per-group sums (empty unless `sums`) of every job.
+#[allow(clippy::too_many_arguments)]
+fn gather(
+    model: &Model,
+    jobs: &[MomentJob],
+    samples: &[Sample],
+    dir: Option<&std::path::Path>,
+    threads: usize,
+    limits: MomentLimits,
+    progress: bool,
+    sums: bool,
+) -> Result<Vec<Option<WithSums>>, PassError> {
     // Distinct jobs within the limit; `of[i]` is job i's distinct index.
     let mut distinct: Vec<&MomentJob> = Vec::new();
     let of: Vec<Option<usize>> = jobs
@@ -422,13 +487,19 @@ pub fn second_moments(
     let fail = |e: crate::exec::ExecError| PassError::Model(format!("input second moments: {e}"));
     let runner = Runner::from_model("second-moment model", &probed, dir).map_err(fail)?;
     drop(probed);
-    // Per distinct job: (H per group, positions, samples).
-    type Acc = (Vec<Vec<f64>>, u64, usize);
+    // Per distinct job: (H per group, positions, samples, Σ x per group).
+    type Acc = (Vec<Vec<f64>>, u64, usize, Vec<Vec<f64>>);
     let totals: Vec<Mutex<Acc>> = distinct
         .iter()
         .map(|j| {
-            let d = j.layout.row_len();
-            Mutex::new((vec![vec![0f64; d * d]; j.layout.groups()], 0, 0))
+            let (d, groups) = (j.layout.row_len(), j.layout.groups());
+            let s = if sums { d } else { 0 };
+            Mutex::new((
+                vec![vec![0f64; d * d]; groups],
+                0,
+                0,
+                vec![vec![0f64; s]; groups],
+            ))
         })
         .collect();
     let order: Vec<usize> = (0..distinct.len()).collect();
@@ -446,10 +517,13 @@ pub fn second_moments(
                     return;
                 }
                 floats_into(a, &mut values);
-                let n = job.layout.accumulate(
+                let acc = &mut *acc;
+                let (h, s) = (&mut acc.0, &mut acc.3);
+                let n = job.layout.accumulate_with_sums(
                     &values,
                     &a.shape,
-                    &mut acc.0,
+                    h,
+                    sums.then_some(s.as_mut_slice()),
                     limits.positions_per_sample,
                 );
                 if n > 0 {
@@ -462,16 +536,19 @@ pub fn second_moments(
         bar.tick(done);
     }
     bar.finish();
-    let gathered: Vec<Option<Moments>> = distinct
+    let gathered: Vec<Option<WithSums>> = distinct
         .iter()
         .zip(totals)
         .map(|(job, total)| {
-            let (h, positions, samples) = total.into_inner().unwrap_or_else(|e| e.into_inner());
-            (positions > 0).then(|| Moments {
-                layout: job.layout.clone(),
-                h,
-                positions,
-                samples,
+            let (h, positions, samples, s) = total.into_inner().unwrap_or_else(|e| e.into_inner());
+            (positions > 0).then(|| {
+                let m = Moments {
+                    layout: job.layout.clone(),
+                    h,
+                    positions,
+                    samples,
+                };
+                (m, s)
             })
         })
         .collect();
@@ -567,6 +644,28 @@ mod tests {
             let mean = one.mean(0);
             assert!((mean[4] - want[4] / 10.0).abs() < 1e-12);
             assert!((one.column_norms(0)[2] - want[8].sqrt()).abs() < 1e-12);
+            // First moments over the same rows, and the same H.
+            let with = first_and_second_moments(
+                &m,
+                std::slice::from_ref(&job),
+                &samples,
+                None,
+                threads,
+                MomentLimits::default(),
+                false,
+            )
+            .unwrap();
+            let (m2, sums) = with[0].as_ref().unwrap();
+            assert_eq!(m2, one);
+            let mut want_sums = [0f64; 3];
+            for s in &samples {
+                for row in s[0].to_f64().chunks(3) {
+                    for j in 0..3 {
+                        want_sums[j] += row[j].max(0.0);
+                    }
+                }
+            }
+            assert_eq!(sums, &vec![want_sums.to_vec()]);
             // Rows longer than the cap are refused.
             let capped = second_moments(
                 &m,
@@ -608,6 +707,7 @@ mod tests {
             }
         };
         let mut want = vec![0f64; 64];
+        let mut want_sums = vec![0f64; 8];
         for oy in 0..4i64 {
             for ox in 0..4i64 {
                 let mut p = Vec::new();
@@ -619,6 +719,7 @@ mod tests {
                     }
                 }
                 for a in 0..8 {
+                    want_sums[a] += p[a];
                     for b in 0..8 {
                         want[a * 8 + b] += p[a] * p[b];
                     }
@@ -626,6 +727,17 @@ mod tests {
             }
         }
         assert_eq!(h[0], want);
+        // The patch sums over the same positions (padding counts as zero).
+        let mut h2 = vec![vec![0f64; 64]];
+        let mut sums = vec![vec![0f64; 8]];
+        let n = layout.accumulate_with_sums(
+            &x,
+            &[1, 2, 3, 3],
+            &mut h2,
+            Some(&mut sums),
+            POSITIONS_PER_SAMPLE,
+        );
+        assert_eq!((n, &h2[0], &sums[0]), (16, &want, &want_sums));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 
 use super::groups::{self, const_ints, Analysis, Group, Shapes};
+use super::reconstruct::{self, InputStats};
 use super::{Importance, Prune};
 use crate::ir::{Attribute, DataType, DimValue, Graph, Model, NodeId, Tensor};
 use crate::passes::select::NodeMatch;
@@ -35,6 +36,15 @@ pub struct Plan {
     pub removed: Vec<Vec<usize>>,
     /// Shapes of every tensor before pruning.
     pub shapes: Shapes,
+    /// Moments of the consumers' inputs in the unpruned model (when
+    /// `importance: activation` or reconstruction asked for them).
+    pub stats: BTreeMap<String, InputStats>,
+}
+
+/// Whether the run reconstructs: `reconstruct`, by default when `--data`
+/// is given.
+pub fn reconstructs(cfg: &Prune, ctx: &PassContext) -> bool {
+    cfg.reconstruct.unwrap_or(ctx.data.is_some())
 }
 
 /// The shapes of every tensor, from tract's typing of the model with each
@@ -161,15 +171,56 @@ fn slice_norms(t: &Tensor, axis: usize, l1: bool) -> Option<Vec<f64>> {
     Some(out)
 }
 
-/// Each channel's importance: the norm of its slices of every compute
-/// weight (producer rows, consumer columns), summed over the group.
+/// Each channel's importance: `l1` / `l2`, the norm of its slices of every
+/// compute weight (producer rows, consumer columns), summed over the group;
+/// `activation`, over the group's consumers with calibration moments, the
+/// root of the channel's output energy `Σ ‖W[:, j]‖²·E[x_j²]`
+/// (`reconstruct::channel_energies`), summed. A group none of whose
+/// consumers has moments is scored by `l2` (`None` second value: why).
 fn importance(
     g: &Graph,
     a: &Analysis,
     group: &Group,
     shapes: &Shapes,
     imp: Importance,
-) -> Vec<f64> {
+    stats: &BTreeMap<String, InputStats>,
+) -> (Vec<f64>, Option<String>) {
+    if imp == Importance::Activation {
+        let mut per_dim: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+        for &d in &group.dims {
+            let dim = &a.dims[d];
+            let Some(t) = g.initializer(&dim.tensor) else {
+                continue;
+            };
+            for u in g.uses(&dim.tensor) {
+                let n = g.node(u.node);
+                let consumer = groups::weight_role(g, n, u.slot, dim.axis, shapes) == Some(false);
+                if let (true, Some(st)) = (consumer, stats.get(n.name())) {
+                    if let Some(e) = reconstruct::channel_energies(t, st, dim.size) {
+                        per_dim.insert(d, e);
+                    }
+                }
+            }
+        }
+        if !per_dim.is_empty() {
+            let scores = group
+                .channels
+                .iter()
+                .map(|c| {
+                    c.elements
+                        .iter()
+                        .filter_map(|(d, i)| per_dim.get(d).map(|v| v[*i].max(0.0).sqrt()))
+                        .sum()
+                })
+                .collect();
+            return (scores, None);
+        }
+        let (scores, _) = importance(g, a, group, shapes, Importance::L2, stats);
+        return (
+            scores,
+            Some("no consumer has calibration moments of its input; scored by l2".into()),
+        );
+    }
     let l1 = imp == Importance::L1;
     let mut per_dim: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     for &d in &group.dims {
@@ -190,7 +241,7 @@ fn importance(
             }
         }
     }
-    group
+    let scores = group
         .channels
         .iter()
         .map(|c| {
@@ -205,12 +256,13 @@ fn importance(
                 s.sqrt()
             }
         })
-        .collect()
+        .collect();
+    (scores, None)
 }
 
 /// Channels a group keeps when `want` are asked for: at least `min_channels`,
 /// and a multiple of `round_to` elements in its widest tensor axis.
-fn bounded_keep(cfg: &Prune, group: &Group, want: usize) -> usize {
+pub(super) fn bounded_keep(cfg: &Prune, group: &Group, want: usize) -> usize {
     let n = group.channels.len();
     let unit = group
         .channels
@@ -231,7 +283,7 @@ fn bounded_keep(cfg: &Prune, group: &Group, want: usize) -> usize {
 }
 
 /// The `keep` most important channels' complement, sorted.
-fn least(scores: &[f64], keep: usize) -> Vec<usize> {
+pub(super) fn least(scores: &[f64], keep: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&x, &y| scores[y].total_cmp(&scores[x]).then(x.cmp(&y)));
     let mut removed: Vec<usize> = order[keep.min(order.len())..].to_vec();
@@ -264,7 +316,7 @@ fn new_shape(a: &Analysis, shapes: &Shapes, counts: &[usize], t: &str) -> Option
 
 /// Conv/ConvTranspose/Gemm/MatMul MACs (counted by `inspect::node_macs`) and
 /// float weight elements after removing `removed`.
-fn cost(g: &Graph, plan: &Plan, removed: &[Vec<usize>]) -> (u64, u64) {
+pub(super) fn cost(g: &Graph, plan: &Plan, removed: &[Vec<usize>]) -> (u64, u64) {
     let counts = removed_counts(&plan.analysis, removed);
     let shape = |t: &str| new_shape(&plan.analysis, &plan.shapes, &counts, t);
     let mut macs = 0u64;
@@ -316,44 +368,76 @@ pub fn plan(
         .nodes()
         .map(|(_, n)| (n.name().to_string(), n.op_type().to_string()))
         .collect();
-    if cfg.importance == Importance::Activation {
-        return Err(PassError::Model(
-            "importance: activation is not built yet for channel pruning; use l1 or l2".into(),
-        ));
-    }
-    if cfg.reconstruct == Some(true) {
-        return Err(PassError::Model(
-            "reconstruct: true is not built yet for channel pruning".into(),
-        ));
-    }
-    let fates: Vec<Fate> = analysis
+    let whole: Vec<Option<String>> = analysis
         .groups
         .iter()
         .map(|grp| {
             if let Some((node, why)) = &grp.blocked {
-                return Fate::Whole(format!("{node}: {why}"));
+                return Some(format!("{node}: {why}"));
             }
             if grp.producers.is_empty() {
-                return Fate::Whole("no compute node produces these channels".into());
+                return Some("no compute node produces these channels".into());
             }
             if let Some(why) = filtered(cfg, grp, &ops) {
-                return Fate::Whole(why);
+                return Some(why);
             }
             if grp.channels.len() <= cfg.min_channels {
-                return Fate::Whole(format!(
+                return Some(format!(
                     "{} channels, min_channels is {}",
                     grp.channels.len(),
                     cfg.min_channels
                 ));
             }
-            Fate::Prunable(importance(g, &analysis, grp, &shapes, cfg.importance))
+            None
         })
         .collect();
+    // Moments of the consumers' inputs, once, for the activation scores
+    // and the reconstruction.
+    let field = if cfg.importance == Importance::Activation {
+        Some("importance: activation")
+    } else if cfg.reconstruct == Some(true) {
+        Some("reconstruct: true")
+    } else if reconstructs(cfg, ctx) {
+        Some("reconstruct")
+    } else {
+        None
+    };
+    let stats = match field {
+        Some(field) => {
+            let pre: Vec<Fate> = whole
+                .iter()
+                .map(|w| match w {
+                    Some(w) => Fate::Whole(w.clone()),
+                    None => Fate::Prunable(Vec::new()),
+                })
+                .collect();
+            let nodes = reconstruct::consumers(g, &analysis.groups, &pre);
+            reconstruct::gather(model, ctx, &nodes, field, report)?
+        }
+        None => BTreeMap::new(),
+    };
+    let mut fates = Vec::with_capacity(whole.len());
+    for (grp, w) in analysis.groups.iter().zip(whole) {
+        fates.push(match w {
+            Some(w) => Fate::Whole(w),
+            None => {
+                let (scores, note) = importance(g, &analysis, grp, &shapes, cfg.importance, &stats);
+                if let Some(note) = note {
+                    report.warnings.push(format!(
+                        "importance: activation: group {}: {note}",
+                        group_name(grp)
+                    ));
+                }
+                Fate::Prunable(scores)
+            }
+        });
+    }
     let mut plan = Plan {
         removed: vec![Vec::new(); analysis.groups.len()],
         analysis,
         fates,
         shapes,
+        stats,
     };
     match cfg.target.as_ref() {
         None => {
@@ -378,11 +462,8 @@ pub fn plan(
             let (goal, use_macs, field) = match (t.macs, t.params) {
                 (Some(m), _) => ((macs0 as f64 * m), true, "macs"),
                 (_, Some(p)) => ((params0 as f64 * p), false, "params"),
-                _ => {
-                    return Err(PassError::Model(
-                        "target.min_sqnr_db is not built yet for channel pruning; use target.macs or target.params".into(),
-                    ))
-                }
+                // min_sqnr_db: chosen by `target::search` on measured runs.
+                _ => return Ok(plan),
             };
             // Scores over the group's mean: comparable across groups.
             let normalized: Vec<Option<Vec<f64>>> = plan
@@ -474,19 +555,24 @@ pub fn group_name(grp: &Group) -> String {
         .unwrap_or_else(|| format!("({} channels)", grp.channels.len()))
 }
 
-/// Removes the planned channels from the graph.
-pub fn apply(model: &mut Model, plan: &Plan) -> Result<usize, PassError> {
-    let a = &plan.analysis;
-    let counts = removed_counts(a, &plan.removed);
-    // Removed indices per dim.
+/// The removed indices of every dim that loses any.
+pub fn gone(a: &Analysis, removed: &[Vec<usize>]) -> BTreeMap<usize, BTreeSet<usize>> {
     let mut gone: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
-    for (gi, r) in plan.removed.iter().enumerate() {
+    for (gi, r) in removed.iter().enumerate() {
         for &c in r {
             for &(d, i) in &a.groups[gi].channels[c].elements {
                 gone.entry(d).or_default().insert(i);
             }
         }
     }
+    gone
+}
+
+/// Removes the planned channels from the graph.
+pub fn apply(model: &mut Model, plan: &Plan) -> Result<usize, PassError> {
+    let a = &plan.analysis;
+    let counts = removed_counts(a, &plan.removed);
+    let gone = gone(a, &plan.removed);
     let opset = model.opset_version("").unwrap_or(13);
     let g = &mut model.graph;
     let shape = |t: &str| new_shape(a, &plan.shapes, &counts, t);
@@ -699,7 +785,21 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
         "macs_after",
     ]);
     let before = crate::inspect::summarize(model);
-    let plan = plan(cfg, model, ctx, &mut report)?;
+    let mut plan = plan(cfg, model, ctx, &mut report)?;
+    let mut last_line = None;
+    if let Some(t) = &cfg.target {
+        if let Some(db) = t.min_sqnr_db {
+            last_line = Some(super::target::search(
+                cfg,
+                model,
+                ctx,
+                &mut plan,
+                db,
+                t.samples,
+                &mut report,
+            )?);
+        }
+    }
     let g = &model.graph;
     // MACs as `inspect::node_macs` counts them, on the shapes tract proves
     // (inspect's own propagation does not follow every op a model has).
@@ -778,7 +878,14 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
             })
             .sum()
     };
+    let pending = if reconstructs(cfg, ctx) {
+        report.count("reconstructed", 0);
+        reconstruct::refit(&mut model.graph, &plan, &plan.stats, &mut report)?
+    } else {
+        Vec::new()
+    };
     let changed = apply(model, &plan)?;
+    reconstruct::add_biases(&mut model.graph, &plan, pending)?;
     report.count("initializers_changed", changed as i64);
     let after = crate::inspect::summarize(model);
     let bytes = |s: &crate::inspect::Summary| s.bytes_by_dtype.values().sum::<u64>() as i64;
@@ -813,6 +920,7 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
     );
     summary.push_str(&rows.join("\n"));
     report.summary.push(summary);
+    report.summary.extend(last_line);
     Ok(report)
 }
 
