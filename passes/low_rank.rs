@@ -42,8 +42,11 @@
 //! costs as many MACs per output position (the spatial split's first Conv
 //! runs on the unstrided width). A layer is split only when both fall:
 //! `r < K·N / (K + N)` for dense layers, the real counts of the two Convs
-//! for Conv (MACs from the shapes, when they are known). Layers that would
-//! not save are left alone and the report gives the reason.
+//! for Conv (MACs from the shapes, when they are known). With `min_saving:
+//! s` a split must keep at most `1 − s` of the layer's weights and MACs (a
+//! split adds one kernel call: on onnxruntime a small saving costs more
+//! time than it saves). Layers that would not save are left alone and the
+//! report gives the reason; the global target allocates among the others.
 //!
 //! **Ranks.** `rank` (fixed), `energy` (the smallest `r` keeping that
 //! fraction of `Σσ²`), `ratio` (the largest `r` whose split keeps at most
@@ -61,9 +64,12 @@
 //! is the optimal rank-`r` layer for the data, and dropping `σᵢ` costs exactly
 //! `σᵢ²` of output error. The factors are `A = L⁻ᵀ U_r √Σ_r`, `B = √Σ_r V_rᵀ`.
 //! The report gives per layer the predicted output SQNR
-//! (`Σσ² / Σ_dropped σ²`) beside the one measured with the written f32
-//! factors on the undamped `H` of the calibration inputs. The spatial split
-//! and Gemms with `transA` stay data-free (their moments are not the
+//! (`Σσ² / Σ_dropped σ²`, from the damped spectrum) beside `calib_sqnr_db`:
+//! the layer's own output SQNR on the calibration inputs, computed (not run)
+//! from their undamped second moments with the written f32 factors,
+//! `tr(Wᵀ H W) / tr(ΔWᵀ H ΔW)`; the layer alone, its inputs those of the
+//! unsplit model, its bias left out (the model's output SQNR is `validate`'s).
+//! The spatial split and Gemms with `transA` stay data-free (their moments are not the
 //! im2col rows this whitening needs).
 //!
 //! **Global target** (`target: { params: f }` or `{ macs: f }`): the
@@ -126,6 +132,11 @@ pub struct LowRank {
     pub round_to: usize,
     /// Layers with fewer weights than this are left alone.
     pub min_params: usize,
+    /// Split a layer only when the split saves at least this fraction of
+    /// its weights and (when its shapes are known) of its MACs, in [0, 1);
+    /// 0: any saving. A split adds a kernel call per layer: on small layers
+    /// that costs more latency than the MACs it saves (BENCHMARKS.md).
+    pub min_saving: f64,
     /// Op types to split (any of Conv, Gemm, MatMul).
     pub ops: Vec<String>,
     /// How Convs are split: `channel` (k×k with r filters, then 1×1) or
@@ -159,6 +170,7 @@ impl Default for LowRank {
             target: None,
             round_to: 1,
             min_params: 0,
+            min_saving: 0.0,
             ops: vec!["Conv".into(), "Gemm".into(), "MatMul".into()],
             mode: ConvMode::Channel,
             include_nodes: Vec::new(),
@@ -292,6 +304,12 @@ impl Config for LowRank {
         if self.round_to == 0 {
             return Err(bad("round_to", "must be at least 1"));
         }
+        if !(0.0..1.0).contains(&self.min_saving) {
+            return Err(bad(
+                "min_saving",
+                format!("{} is outside [0, 1)", self.min_saving),
+            ));
+        }
         if self.samples == 0 {
             return Err(bad("samples", "must be at least 1"));
         }
@@ -370,6 +388,9 @@ pub(crate) struct Layer {
     /// Output positions per sample (MatMul rows, Conv output pixels), and
     /// for a spatial split the positions of the first Conv.
     positions: Option<(u64, u64)>,
+    /// The least fraction of its weights (and MACs) a split must save
+    /// (`min_saving`).
+    min_saving: f64,
 }
 
 impl Layer {
@@ -394,11 +415,15 @@ impl Layer {
         })
     }
 
-    /// Whether a split at rank `r` saves both weights and (when known) MACs.
+    /// Whether a split at rank `r` saves both weights and (when known)
+    /// MACs, each by at least `min_saving` of the layer's.
     fn saves(&self, r: usize) -> bool {
-        self.params_after(r) < self.params_before()
+        let enough = |after: u64, before: u64| {
+            after < before && after as f64 <= (1.0 - self.min_saving) * before as f64
+        };
+        enough(self.params_after(r), self.params_before())
             && match (self.macs_before(), self.macs_after(r)) {
-                (Some(b), Some(a)) => a < b,
+                (Some(b), Some(a)) => enough(a, b),
                 _ => true,
             }
     }
@@ -592,6 +617,7 @@ impl LowRank {
             w: Vec::new(),
             rule,
             positions: None,
+            min_saving: self.min_saving,
         };
         match n.op_type() {
             "MatMul" => {
@@ -695,10 +721,17 @@ impl LowRank {
             other => return Err(format!("{other} is not split")),
         }
         if layer.max_saving_rank().is_none() {
-            return Err(format!(
-                "no rank saves anything ({}×{}: r·(K+N) ≥ K·N already at r = 1)",
-                layer.k, layer.n
-            ));
+            return Err(if self.min_saving > 0.0 {
+                format!(
+                    "no rank saves min_saving {} of its weights or MACs ({}×{})",
+                    self.min_saving, layer.k, layer.n
+                )
+            } else {
+                format!(
+                    "no rank saves anything ({}×{}: r·(K+N) ≥ K·N already at r = 1)",
+                    layer.k, layer.n
+                )
+            });
         }
         Ok(layer)
     }
@@ -1035,6 +1068,12 @@ fn apply_all(
         let split = r.filter(|&r| layer.saves(r));
         let Some(r) = split else {
             let why = match r {
+                Some(r) if layer.min_saving > 0.0 => format!(
+                    "rank {r} would not save min_saving {} (r·(K+N) = {} of K·N = {}, or of its MACs)",
+                    layer.min_saving,
+                    layer.params_after(*r),
+                    before
+                ),
                 Some(r) => format!(
                     "rank {r} would not save (r·(K+N) = {} ≥ K·N = {} or MACs grow; break-even r < {:.1})",
                     layer.params_after(*r),
@@ -1056,10 +1095,10 @@ fn apply_all(
             continue;
         };
         let (a, b) = factors(layer, s, r);
-        let measured = grams
+        let calib_db = grams
             .get(&layer.node)
             .filter(|_| s.whitening.is_some())
-            .map(|h| whiten::measured_sqnr_db(h, layer, &a, &b, r));
+            .map(|h| whiten::calib_sqnr_db(h, layer, &a, &b, r));
         let predicted = -10.0 * s.dropped(r).max(1e-30).log10();
         let energy = 1.0 - s.dropped(r);
         rewrite(&mut model.graph, layer, r, &a, &b)?;
@@ -1098,8 +1137,8 @@ fn apply_all(
         if let Some(w) = &s.whitening {
             d["damping"] = serde_json::json!(crate::exec::metrics::Num(w.damping));
         }
-        if let Some(m) = measured {
-            d["measured_sqnr_db"] = serde_json::json!(crate::exec::metrics::Num(m));
+        if let Some(m) = calib_db {
+            d["calib_sqnr_db"] = serde_json::json!(crate::exec::metrics::Num(m));
         }
         report.details.push(d);
         rows.push(format!(
@@ -1109,7 +1148,7 @@ fn apply_all(
             r,
             energy,
             predicted,
-            measured.map_or("-".into(), |m| format!("{m:.1}")),
+            calib_db.map_or("-".into(), |m| format!("{m:.1}")),
             before,
             after,
             match (macs0, macs1) {
@@ -1121,7 +1160,7 @@ fn apply_all(
     if !rows.is_empty() {
         let mut t = format!(
             "{:<40} {:>9} {:>5} {:>8} {:>8} {:>8} {:>23} macs\n",
-            "layer", "KxN", "rank", "energy", "pred dB", "meas dB", "params"
+            "layer", "KxN", "rank", "energy", "pred dB", "calib dB", "params"
         );
         for r in rows {
             t.push_str(&r);

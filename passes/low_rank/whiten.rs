@@ -150,9 +150,10 @@ pub fn whitening(g: &LayerGram, k: usize, damping: f64) -> Option<Whitening> {
     None
 }
 
-/// The output SQNR (dB) of the written f32 factors on the calibration
-/// inputs: `tr(Wᵀ H W) / tr(ΔWᵀ H ΔW)` with `ΔW = W − A B`, undamped `H`.
-pub fn measured_sqnr_db(g: &LayerGram, layer: &Layer, a: &[f32], b: &[f32], r: usize) -> f64 {
+/// The layer's output SQNR (dB) with the written f32 factors on the
+/// calibration inputs, computed from their second moments (not run):
+/// `tr(Wᵀ H W) / tr(ΔWᵀ H ΔW)` with `ΔW = W − A B`, undamped `H`.
+pub fn calib_sqnr_db(g: &LayerGram, layer: &Layer, a: &[f32], b: &[f32], r: usize) -> f64 {
     let (k, n) = (layer.k, layer.n);
     let mut delta = layer.w.clone();
     for i in 0..k {
