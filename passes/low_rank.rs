@@ -70,7 +70,8 @@
 //! `tr(Wᵀ H W) / tr(ΔWᵀ H ΔW)`; the layer alone, its inputs those of the
 //! unsplit model, its bias left out (the model's output SQNR is `validate`'s).
 //! The spatial split and Gemms with `transA` stay data-free (their moments are not the
-//! im2col rows this whitening needs).
+//! im2col rows this whitening needs), and so do layers with `K` > 4096 (the
+//! moments take `K²` f64; up to 4096 positions per sample enter them).
 //!
 //! **Global target** (`target: { params: f }` or `{ macs: f }`): the
 //! weights (or MACs) of all candidate layers together fall to the fraction
@@ -761,9 +762,14 @@ impl LowRank {
                         "{}: no input second moments ({}); split data-free",
                         layer.label,
                         match layer.kind {
-                            Kind::Spatial { .. } => "spatial split",
-                            Kind::Gemm { trans_a: true, .. } => "Gemm with transA",
-                            _ => "input not observed",
+                            Kind::Spatial { .. } => "spatial split".into(),
+                            Kind::Gemm { trans_a: true, .. } => "Gemm with transA".into(),
+                            _ if layer.k > whiten::MAX_ROW => format!(
+                                "its input rows are {} long, above the {} the moments gather",
+                                layer.k,
+                                whiten::MAX_ROW
+                            ),
+                            _ => "input not observed".into(),
                         }
                     ));
                 }
