@@ -152,7 +152,10 @@ pub struct LowRank {
     /// Whiten by the layer inputs' second moments (SVD-LLM). Default: true
     /// when `--data` is given, false otherwise.
     pub data_aware: Option<bool>,
-    /// Damping of the second moments, relative to their mean diagonal.
+    /// Damping of the second moments, relative to their mean diagonal
+    /// (raised tenfold while the Cholesky factorization fails). Small, as
+    /// SVD-LLM's: every bit of damping moves the truncation off the data's
+    /// optimum (1e-4 cost 0.002 dB against SVD-LLM on PP-OCR rec).
     pub damping: f64,
     /// Calibration samples used for the second moments and the
     /// `min_sqnr_db` search (at most).
@@ -178,7 +181,7 @@ impl Default for LowRank {
             exclude_nodes: Vec::new(),
             overrides: BTreeMap::new(),
             data_aware: None,
-            damping: 1e-4,
+            damping: 1e-6,
             samples: 64,
             svd: SvdMethod::Auto,
         }

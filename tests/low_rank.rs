@@ -280,7 +280,7 @@ fn data_aware_whitening_beats_plain_svd_and_reports_damping() {
     );
     let d = detail(&aware, "fc2");
     assert_eq!(d["whitened"], true, "{d}");
-    assert!(d["damping"].as_f64().unwrap() >= 1e-4);
+    assert!(d["damping"].as_f64().unwrap() >= 1e-6);
     let calib = d["calib_sqnr_db"].as_f64().unwrap();
     let predicted = d["predicted_sqnr_db"].as_f64().unwrap();
     let (p, a) = (sqnr(&plain, "dense"), sqnr(&aware, "dense"));

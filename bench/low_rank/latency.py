@@ -121,6 +121,7 @@ def main():
             "target: { params: 0.5 }, round_to: 8",
             "ratio: 0.5",
             "ratio: 0.5, round_to: 8",
+            "target: { params: 0.5 }, round_to: 8, min_saving: 0.4",
         ],
     )
     args = ap.parse_args()
