@@ -154,7 +154,8 @@ def main():
             lr = next(p for p in json.loads(rep.read_text())["passes"] if p["name"] == "low-rank")
             c = lr["report"]["counters"]
             details = [d for d in lr["report"]["details"] if d.get("split")]
-            macs = [(d["macs"][0], d["macs"][1]) for d in details if d["macs"][0] is not None]
+            # Weights of the split layers = their MACs per row (token) for MatMul/Gemm.
+            split_w = (sum(d["params"][0] for d in details), sum(d["params"][1] for d in details))
             sess = session(out)
             got = sess.run(None, feeds[max(args.batches)])
             ops1, n1 = ort_ops(out, work)
@@ -166,7 +167,7 @@ def main():
                 "split": c["layers_split"],
                 "kept": c["layers_kept"],
                 "ranks": [d["rank"] for d in details],
-                "macs_split": (sum(m[0] for m in macs), sum(m[1] for m in macs)) if macs else None,
+                "split_w": split_w,
                 "sqnr": sqnr(ref_out, got),
                 "tract": "yes" if tract.returncode == 0 else "no: " + (tract.stderr.strip().splitlines() or ["?"])[-1],
                 "lat": lat,
@@ -177,15 +178,15 @@ def main():
     print(f"load average after: {load()}\n")
     bs = args.batches
     head = " | ".join(f"ort ms batch {b} before → after (ratio)" for b in bs)
-    print(f"| model | low-rank | split / kept | ranks | params of candidates before → after | MACs of split layers (per sample) | SQNR vs original (dB, ort) | tract | {head} | ort optimized nodes (MatMul-like) before → after |")
+    print(f"| model | low-rank | split / kept | ranks | params of candidates before → after | weights of the split layers (= MACs per token) | SQNR vs original (dB, ort) | tract | {head} | ort optimized nodes (MatMul-like) before → after |")
     print("|---|---|---|---|---|---|---|---|" + "---|" * len(bs) + "---|")
     for r in rows:
         if "error" in r:
             print(f"| {r['model']} | {r['cfg']} | error: {r['error']} |" + " |" * (7 + len(bs)))
             continue
         p0, p1 = r["params"]
-        m = r["macs_split"]
-        ms = f"{m[0]:,} → {m[1]:,} ({m[1] / max(m[0], 1):.2f})" if m else "?"
+        m = r["split_w"]
+        ms = f"{m[0]:,} → {m[1]:,} ({m[1] / max(m[0], 1):.2f})"
         lat = " | ".join(f"{r['lat'][b][0]:.3f} → {r['lat'][b][1]:.3f} ({r['lat'][b][1] / r['lat'][b][0]:.2f})" for b in bs)
         n0, n1, mm0, mm1 = r["ort"]
         print(

@@ -6,19 +6,22 @@ Run from the repository root with the export venv, after `cargo build`:
     .venv-export/bin/python bench/prune/latency.py [--whittle target/debug/whittle] [--macs 0.7] \
         [--round-to 1 8] [--rounds 15] [--runs 20] [--models digits_cnn yolo_tiny ppocr_det ppocr_rec digits_transformer bert_tiny]
 
-Models, inputs and the `specialize` prelude of PP-OCR are channel.py's (its helpers are imported,
-not copied). For each model and each `round_to`, whittle prunes to `target: { macs: M }` (l1
+Models, inputs and the `specialize` shapes of PP-OCR are channel.py's (its helpers are imported,
+not copied); for PP-OCR the "before" model is the specialized one (whittle `specialize` alone),
+so that only pruning differs between the two timed models. For each model and each `round_to`, whittle prunes to `target: { macs: M }` (l1
 importance, no reconstruction); `onnx.checker` (full check) passes and onnxruntime gives the
 original output shapes. Latency: onnxruntime, 1 intra- and 1 inter-op thread, all graph
 optimizations, one test input; original and pruned are timed in alternating blocks (`--rounds`
 blocks of `--runs` runs each, after a warm-up) so that load changes hit both alike; the median
 over all runs is printed, with the load average before and after. Then, per model, the op types
-of onnxruntime's optimized graph that differ, and from onnxruntime's profiler (`--profile-runs`
-runs each) the summed kernel time per op type before → after (the op types that take ≥ 5%).
+of onnxruntime's optimized graph that differ (with their domain: `com.microsoft.nchwc:Conv` is the
+blocked-layout Conv of onnxruntime's NCHWc transformer), and from onnxruntime's profiler (`--profile-runs`
+runs each, after 5 warm-up runs) the kernel time per op type before → after (per node the median over the runs, summed) (the op types that take ≥ 5%).
 """
 
 import argparse
 import collections
+import itertools
 import json
 import os
 import subprocess
@@ -32,6 +35,7 @@ import onnxruntime as ort
 
 import channel  # bench/prune/channel.py: models, inputs, the PP-OCR prelude, onnxruntime session
 
+PROFILES = itertools.count()
 MODELS = ["digits_cnn", "yolo_tiny", "ppocr_det", "ppocr_rec", "digits_transformer", "bert_tiny"]
 
 
@@ -48,12 +52,19 @@ def model_path(name):
     return fetch(name, channel.FETCHED, channel.FETCHED.parent / "wheels", log=lambda *_: None)
 
 
+def specialized(whittle, name, path, sample, work):
+    pipe, out = work / f"{name}.spec.yaml", work / f"{name}.spec.onnx"
+    pipe.write_text(f"version: 1\npasses:\n  - specialize: {{ shapes: {{ x: {channel.PPOCR_DIMS[name]['shape']} }} }}\n")
+    cmd = [whittle, "run", str(pipe), "--input", str(path), "--output", str(out)]
+    for k, v in channel.dims_of(path, sample).items():
+        cmd += ["--dim", f"{k}={v}"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return out
+
+
 def prune(whittle, name, path, macs, round_to, sample, work):
-    prelude = ""
-    if name in channel.PPOCR_DIMS:
-        prelude = f"  - specialize: {{ shapes: {{ x: {channel.PPOCR_DIMS[name]['shape']} }} }}\n"
     pipe = work / f"{name}.yaml"
-    pipe.write_text(f"version: 1\npasses:\n{prelude}  - prune:\n      target: {{ macs: {macs} }}\n      round_to: {round_to}\n")
+    pipe.write_text(f"version: 1\npasses:\n  - prune:\n      target: {{ macs: {macs} }}\n      round_to: {round_to}\n")
     out, rep = work / f"{name}.r{round_to}.onnx", work / f"{name}.r{round_to}.json"
     cmd = [whittle, "run", str(pipe), "--input", str(path), "--output", str(out), "--report", str(rep)]
     for k, v in channel.dims_of(path, sample).items():
@@ -72,7 +83,7 @@ def optimized_ops(path, work):
     o.log_severity_level = 3
     o.optimized_model_filepath = str(work / (Path(path).stem + ".ort.onnx"))
     ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
-    return collections.Counter(n.op_type for n in onnx.load(o.optimized_model_filepath).graph.node)
+    return collections.Counter((n.domain + ":" if n.domain else "") + n.op_type for n in onnx.load(o.optimized_model_filepath).graph.node)
 
 
 def profile(path, feed, runs, work):
@@ -82,15 +93,32 @@ def profile(path, feed, runs, work):
     o.inter_op_num_threads = 1
     o.log_severity_level = 3
     o.enable_profiling = True
-    o.profile_file_prefix = str(work / Path(path).stem)
+    o.profile_file_prefix = str(work / f"{Path(path).stem}.{next(PROFILES)}")
     s = ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
-    for _ in range(runs):
+    warm = 5
+    for _ in range(warm + runs):
         s.run(None, feed)
-    trace = json.loads(Path(s.end_profiling()).read_text())
-    per = collections.Counter()
+    file = Path(s.end_profiling())
+    for _ in range(20):  # the file can still be being flushed
+        try:
+            trace = json.loads(file.read_text())
+            break
+        except json.JSONDecodeError:
+            time.sleep(0.5)
+    else:
+        raise RuntimeError(f"unreadable profile {file}")
+    # Only the runs after the warm-up ones (the first runs allocate).
+    starts = sorted(e["ts"] for e in trace if e.get("name") == "model_run")
+    start = starts[warm] if len(starts) > warm else 0
+    # Per node the median over the runs (a shared machine preempts single runs), summed by op type.
+    durs, ops = collections.defaultdict(list), {}
     for e in trace:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            per[e["args"]["op_name"]] += e["dur"] / runs
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= start:
+            durs[e["name"]].append(e["dur"])
+            ops[e["name"]] = e["args"]["op_name"]
+    per = collections.Counter()
+    for node, d in durs.items():
+        per[ops[node]] += float(np.median(d))
     return per
 
 
@@ -124,6 +152,9 @@ def main():
     for name in args.models:
         path = model_path(name)
         feed = channel.samples_of(name, path, 1)[0]
+        if name in channel.PPOCR_DIMS:
+            # The baseline is the prelude's output (specialize alone): only pruning differs.
+            path = specialized(args.whittle, name, path, feed, work)
         ref = channel.session(path)
         ops0, prof0 = optimized_ops(path, work), profile(path, feed, args.profile_runs, work)
         for r in args.round_to:
