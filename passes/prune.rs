@@ -58,7 +58,11 @@
 //! are sliced; two activations of one group — residual Add, SiLU,
 //! squeeze-excitation — join one group), Concat/Split offsets, depthwise Conv,
 //! pooling, Pad, Resize, Transpose, Flatten/Reshape (blocks of the spatial
-//! size, whole attention heads), to the input side of every consumer. The
+//! size, whole attention heads; a Reshape shape may be computed, as exporters
+//! do for a dynamic batch — `Shape` → `Gather` → `Concat` — when the entry of
+//! the shrinking axis is a constant piece, which is rewritten; `Shape` is
+//! fine where nothing reads the pruned axis's size), to the input side of
+//! every consumer. The
 //! indices that must go together form a *channel*; channels touching the same
 //! tensors form a *group*. A group that reaches a graph input or output, an op
 //! the analysis does not know, or a shape it could not rewrite, is left whole

@@ -82,6 +82,47 @@ fn fixtures_pruned_to_a_macs_target_run_in_tract_and_onnxruntime() {
 }
 
 #[test]
+fn bert_attention_heads_prune_through_the_exporters_computed_shapes() {
+    // PyTorch's export of a BERT-style encoder reshapes Q/K/V to heads with
+    // shapes computed from `Shape` (dynamic batch); the head count is a
+    // constant piece of the `Concat`, which pruning rewrites.
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = write_pipeline(tmp.path(), "p", "      ratio: 0.5");
+    let input = common::fixture("trained/bert_tiny.onnx");
+    let out = tmp.path().join("bert.onnx");
+    let (ok, stdout, stderr) = run(&pipeline, &input, &out, "1");
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("/layers.0/attention/query/MatMul     4 → 2"),
+        "{stderr}"
+    );
+    let pruned = whittle::onnx::load(&out).unwrap();
+    let q = pruned
+        .graph
+        .nodes()
+        .find(|(_, n)| n.name() == "/layers.0/attention/query/MatMul")
+        .map(|(_, n)| n.inputs[1].clone())
+        .unwrap();
+    assert_eq!(pruned.graph.initializer(&q).unwrap().dims, [64, 32]);
+    let list = tmp.path().join("list.txt");
+    let data = common::fixture("trained/bert_tiny.test.npz");
+    std::fs::write(
+        &list,
+        format!(
+            "{}\t{}\t{}\n",
+            input.display(),
+            out.display(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    let check = common::run_python("prune_check.py", &[&list]);
+    let (stdout, stderr) = common::text(&check);
+    assert!(check.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("prune: 1 passed, 0 failed"), "{stdout}");
+}
+
+#[test]
 fn resnet_macs_fall_to_the_target() {
     let tmp = tempfile::tempdir().unwrap();
     let pipeline = write_pipeline(tmp.path(), "p", "      target: { macs: 0.7 }");

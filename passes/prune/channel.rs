@@ -554,25 +554,54 @@ pub fn apply(model: &mut Model, plan: &Plan) -> Result<usize, PassError> {
                 }
             }
             "Reshape" => {
-                let Some(c) = const_ints(g, &n.inputs[1]) else {
+                let Some(c) = groups::shape_entries(g, &plan.shapes, &n.inputs[1]) else {
                     continue;
                 };
                 let (Some(ny), Some(nx)) = (shape(&n.outputs[0]), shape(&n.inputs[0])) else {
                     continue;
                 };
-                let new: Vec<i64> = c
+                // Constant entries take the new sizes; computed ones (dynamic
+                // batch) stay, the analysis checked they are not pruned axes.
+                let new: Vec<Option<i64>> = c
                     .iter()
                     .enumerate()
                     .map(|(j, &v)| match v {
-                        -1 => -1,
-                        0 if nx.get(j) == ny.get(j) => 0,
-                        _ => ny.get(j).copied().unwrap_or(v),
+                        None | Some(-1) => v,
+                        Some(0) if nx.get(j) == ny.get(j) => v,
+                        Some(v) => Some(ny.get(j).copied().unwrap_or(v)),
                     })
                     .collect();
-                if new != c {
-                    let name = g.unique_name(&format!("{}_shape", n.outputs[0]));
-                    g.add_initializer(int_tensor(&name, &new));
-                    g.set_input(id, 1, &name);
+                if new == c {
+                    continue;
+                }
+                if let Some(full) = new.iter().copied().collect::<Option<Vec<i64>>>() {
+                    if const_ints(g, &n.inputs[1]).is_some() {
+                        let name = g.unique_name(&format!("{}_shape", n.outputs[0]));
+                        g.add_initializer(int_tensor(&name, &full));
+                        g.set_input(id, 1, &name);
+                        continue;
+                    }
+                }
+                // A Concat of pieces: rewrite the constant pieces that change.
+                let Some((cat, _)) = g.producer(&n.inputs[1]) else {
+                    continue;
+                };
+                let pieces = g.node(cat).inputs.clone();
+                let mut at = 0;
+                for (slot, piece) in pieces.iter().enumerate() {
+                    let len = plan.shapes.get(piece).and_then(|s| s.first()).copied();
+                    let len = len.unwrap_or(0).max(0) as usize;
+                    let part: Option<Vec<i64>> = new
+                        .get(at..at + len)
+                        .and_then(|p| p.iter().copied().collect());
+                    if let (Some(part), Some(old)) = (part, const_ints(g, piece)) {
+                        if part != old {
+                            let name = g.unique_name(&format!("{piece}_pruned"));
+                            g.add_initializer(int_tensor(&name, &part));
+                            g.set_input(cat, slot, &name);
+                        }
+                    }
+                    at += len;
                 }
             }
             _ => {}
@@ -1104,7 +1133,10 @@ pub(crate) mod tests {
     }
 
     /// Transformer block: FFN hidden units and attention heads.
-    fn encoder() -> Model {
+    /// A one-layer encoder; `dynamic` computes the head Reshape shapes as
+    /// PyTorch's exporter does for a dynamic batch (`Shape` -> `Gather` ->
+    /// `Unsqueeze` -> `Concat` with constant head sizes).
+    fn encoder(dynamic: bool) -> Model {
         let (s, d, h) = (5i64, 16i64, 4i64);
         let hd = d / h;
         let mut b = B::new(&[1, s, d]);
@@ -1121,7 +1153,25 @@ pub(crate) mod tests {
             let bias = b.weight(&format!("{p}.b"), &[d]);
             let mm = b.node("MatMul", &format!("{p}.mm"), &[&ln, &w], vec![]);
             let add = b.node("Add", &format!("{p}.add"), &[&mm, &bias], vec![]);
-            let shape = b.ints(&format!("{p}.shape"), &[1, s, h, hd]);
+            let shape = if dynamic {
+                let sh = b.node("Shape", &format!("{p}.shape_of"), &[&add], vec![]);
+                let mut parts = Vec::new();
+                for axis in 0..2 {
+                    let i = b.ints(&format!("{p}.axis{axis}"), &[axis]);
+                    let gather = b.node("Gather", &format!("{p}.dim{axis}"), &[&sh, &i], vec![]);
+                    parts.push(gather);
+                }
+                let heads = b.ints(&format!("{p}.heads"), &[h, hd]);
+                let (p0, p1) = (parts[0].clone(), parts[1].clone());
+                b.node(
+                    "Concat",
+                    &format!("{p}.shape"),
+                    &[&p0, &p1, &heads],
+                    vec![Attribute::int("axis", 0)],
+                )
+            } else {
+                b.ints(&format!("{p}.shape"), &[1, s, h, hd])
+            };
             let r = b.node("Reshape", &format!("{p}.reshape"), &[&add, &shape], vec![]);
             let perm = if p == "k" {
                 vec![0, 2, 3, 1]
@@ -1167,8 +1217,28 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn heads_prune_through_computed_reshape_shapes() {
+        let m = encoder(true);
+        let (out, _) = prune(&m, serde_json::json!({"ratio": 0.5}));
+        assert_eq!(dims(&out, "q.w"), [16, 8]);
+        assert_eq!(dims(&out, "o.w"), [8, 16]);
+        // The constant piece of each computed shape says two heads; the
+        // dynamic pieces still come from `Shape`.
+        for p in ["q", "k", "v"] {
+            let cat = out
+                .graph
+                .nodes()
+                .find(|(_, n)| n.name() == format!("{p}.shape"))
+                .map(|(_, n)| n.clone())
+                .unwrap();
+            assert_eq!(const_ints(&out.graph, &cat.inputs[2]).unwrap(), [2, 4]);
+            assert!(cat.inputs[0].ends_with("dim0_out"));
+        }
+    }
+
+    #[test]
     fn ffn_hidden_units_and_whole_attention_heads() {
-        let m = encoder();
+        let m = encoder(false);
         let (out, rep) = prune(&m, serde_json::json!({"ratio": 0.5}));
         assert_eq!(dims(&out, "ffn1.w"), [16, 16]);
         assert_eq!(dims(&out, "ffn2.w"), [16, 16]);
@@ -1260,7 +1330,7 @@ pub(crate) mod tests {
 
     #[test]
     fn same_bytes_on_one_and_two_threads() {
-        let m = encoder();
+        let m = encoder(true);
         let mut a = m.clone();
         let mut b = m.clone();
         let c = cfg(serde_json::json!({"target": {"params": 0.7}}));

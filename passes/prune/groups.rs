@@ -10,8 +10,9 @@
 //! filters, one half of a Split, one projection's heads).
 //!
 //! Nothing is guessed: an axis that reaches a graph input or output, an op
-//! without a rule, a rule's precondition that fails (a Reshape whose shape is
-//! computed, a Pad that pads channels, a grouped Conv) *blocks* the axis, and
+//! without a rule, a rule's precondition that fails (a Reshape whose shape
+//! entry for the shrinking axis is computed, a `Shape` whose size of the axis
+//! is read, a Pad that pads channels, a grouped Conv) *blocks* the axis, and
 //! every group touching a blocked axis is left whole with the node and reason.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -333,6 +334,31 @@ pub fn const_ints(g: &Graph, name: &str) -> Option<Vec<i64>> {
             .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
             .collect(),
     )
+}
+
+/// The entries of a Reshape's shape tensor `name`: all of a constant, or of a
+/// Concat along axis 0 of constant and computed 1-D pieces (what exporters emit
+/// for a dynamic batch: `Shape` -> `Gather` -> `Unsqueeze` -> `Concat`). `None`
+/// marks a computed entry; the whole is `None` when neither form fits.
+pub fn shape_entries(g: &Graph, shapes: &Shapes, name: &str) -> Option<Vec<Option<i64>>> {
+    if let Some(c) = const_ints(g, name) {
+        return Some(c.into_iter().map(Some).collect());
+    }
+    let n = g.node(g.producer(name)?.0);
+    if n.op_type() != "Concat" || !n.domain().is_empty() || n.attr_int("axis").unwrap_or(0) != 0 {
+        return None;
+    }
+    let mut entries = Vec::new();
+    for piece in &n.inputs {
+        match const_ints(g, piece) {
+            Some(c) => entries.extend(c.into_iter().map(Some)),
+            None => match shapes.get(piece)?.as_slice() {
+                [len] => entries.extend((0..*len).map(|_| None)),
+                _ => return None,
+            },
+        }
+    }
+    Some(entries)
 }
 
 /// An op's axes from its attribute (older opsets) or its constant input `slot`.
@@ -918,17 +944,55 @@ pub fn couple(
             if !matches!(slot, Slot::In(0) | Slot::Out(0)) {
                 return Err(format!("{op}'s shape follows this axis"));
             }
+            let x = input(0).unwrap_or_default();
+            let (sx, sy) = (shape(&x)?, shape(&out0)?);
+            let links = reshape_links(&sx, &sy, slot == Slot::In(0), axis, &x, &out0)?;
             if op == "Reshape" {
                 let s = input(1).ok_or("no shape")?;
-                if const_ints(g, &s).is_none() {
+                let entries = shape_entries(g, shapes, &s).ok_or_else(|| {
+                    format!("its shape {s:?} is computed, not a constant that could be rewritten")
+                })?;
+                // The entry of the output axis that shrinks must be a constant.
+                let out_axis = if slot == Slot::In(0) {
+                    links.first().map_or(axis, |l| l.axis)
+                } else {
+                    axis
+                };
+                if entries.get(out_axis).copied().flatten().is_none() {
                     return Err(format!(
-                        "its shape {s:?} is computed, not a constant that could be rewritten"
+                        "entry {out_axis} of its shape {s:?} is computed, not a constant that could be rewritten"
                     ));
                 }
             }
-            let x = input(0).unwrap_or_default();
-            let (sx, sy) = (shape(&x)?, shape(&out0)?);
-            return reshape_links(&sx, &sy, slot == Slot::In(0), axis, &x, &out0);
+            return Ok(links);
+        }
+        "Shape" => {
+            // Shape reads only sizes: fine when no one reads this axis's size.
+            let rank = shape(&input(0).unwrap_or_default())?.len() as i64;
+            let start = n.attr_int("start").unwrap_or(0);
+            let start = if start < 0 { start + rank } else { start }.clamp(0, rank);
+            for u in g.uses(&out0) {
+                let user = g.node(u.node);
+                let picked = (user.op_type() == "Gather"
+                    && user.domain().is_empty()
+                    && u.slot == 0
+                    && user.attr_int("axis").unwrap_or(0) == 0)
+                    .then(|| user.inputs.get(1).and_then(|i| const_ints(g, i)))
+                    .flatten();
+                let Some(picked) = picked else {
+                    return Err(format!(
+                        "the size of this axis may be read through {}",
+                        user.label()
+                    ));
+                };
+                if picked.iter().any(|&p| {
+                    let p = if p < 0 { p + rank - start } else { p };
+                    start + p == axis as i64
+                }) {
+                    return Err(format!("{} reads the size of this axis", user.label()));
+                }
+            }
+            return Ok(vec![]);
         }
         _ => {}
     }
