@@ -42,8 +42,11 @@
 //! costs as many MACs per output position (the spatial split's first Conv
 //! runs on the unstrided width). A layer is split only when both fall:
 //! `r < K·N / (K + N)` for dense layers, the real counts of the two Convs
-//! for Conv (MACs from the shapes, when they are known). Layers that would
-//! not save are left alone and the report gives the reason.
+//! for Conv (MACs from the shapes, when they are known). With `min_saving:
+//! s` a split must keep at most `1 − s` of the layer's weights and MACs (a
+//! split adds one kernel call: on onnxruntime a small saving costs more
+//! time than it saves). Layers that would not save are left alone and the
+//! report gives the reason; the global target allocates among the others.
 //!
 //! **Ranks.** `rank` (fixed), `energy` (the smallest `r` keeping that
 //! fraction of `Σσ²`), `ratio` (the largest `r` whose split keeps at most
@@ -61,10 +64,14 @@
 //! is the optimal rank-`r` layer for the data, and dropping `σᵢ` costs exactly
 //! `σᵢ²` of output error. The factors are `A = L⁻ᵀ U_r √Σ_r`, `B = √Σ_r V_rᵀ`.
 //! The report gives per layer the predicted output SQNR
-//! (`Σσ² / Σ_dropped σ²`) beside the one measured with the written f32
-//! factors on the undamped `H` of the calibration inputs. The spatial split
-//! and Gemms with `transA` stay data-free (their moments are not the
-//! im2col rows this whitening needs).
+//! (`Σσ² / Σ_dropped σ²`, from the damped spectrum) beside `calib_sqnr_db`:
+//! the layer's own output SQNR on the calibration inputs, computed (not run)
+//! from their undamped second moments with the written f32 factors,
+//! `tr(Wᵀ H W) / tr(ΔWᵀ H ΔW)`; the layer alone, its inputs those of the
+//! unsplit model, its bias left out (the model's output SQNR is `validate`'s).
+//! The spatial split and Gemms with `transA` stay data-free (their moments are not the
+//! im2col rows this whitening needs), and so do layers with `K` > 4096 (the
+//! moments take `K²` f64; up to 4096 positions per sample enter them).
 //!
 //! **Global target** (`target: { params: f }` or `{ macs: f }`): the
 //! weights (or MACs) of all candidate layers together fall to the fraction
@@ -126,6 +133,11 @@ pub struct LowRank {
     pub round_to: usize,
     /// Layers with fewer weights than this are left alone.
     pub min_params: usize,
+    /// Split a layer only when the split saves at least this fraction of
+    /// its weights and (when its shapes are known) of its MACs, in [0, 1);
+    /// 0: any saving. A split adds a kernel call per layer: on small layers
+    /// that costs more latency than the MACs it saves (BENCHMARKS.md).
+    pub min_saving: f64,
     /// Op types to split (any of Conv, Gemm, MatMul).
     pub ops: Vec<String>,
     /// How Convs are split: `channel` (k×k with r filters, then 1×1) or
@@ -140,7 +152,10 @@ pub struct LowRank {
     /// Whiten by the layer inputs' second moments (SVD-LLM). Default: true
     /// when `--data` is given, false otherwise.
     pub data_aware: Option<bool>,
-    /// Damping of the second moments, relative to their mean diagonal.
+    /// Damping of the second moments, relative to their mean diagonal
+    /// (raised tenfold while the Cholesky factorization fails). Small, as
+    /// SVD-LLM's: every bit of damping moves the truncation off the data's
+    /// optimum (1e-4 cost 0.002 dB against SVD-LLM on PP-OCR rec).
     pub damping: f64,
     /// Calibration samples used for the second moments and the
     /// `min_sqnr_db` search (at most).
@@ -159,13 +174,14 @@ impl Default for LowRank {
             target: None,
             round_to: 1,
             min_params: 0,
+            min_saving: 0.0,
             ops: vec!["Conv".into(), "Gemm".into(), "MatMul".into()],
             mode: ConvMode::Channel,
             include_nodes: Vec::new(),
             exclude_nodes: Vec::new(),
             overrides: BTreeMap::new(),
             data_aware: None,
-            damping: 1e-4,
+            damping: 1e-6,
             samples: 64,
             svd: SvdMethod::Auto,
         }
@@ -292,6 +308,12 @@ impl Config for LowRank {
         if self.round_to == 0 {
             return Err(bad("round_to", "must be at least 1"));
         }
+        if !(0.0..1.0).contains(&self.min_saving) {
+            return Err(bad(
+                "min_saving",
+                format!("{} is outside [0, 1)", self.min_saving),
+            ));
+        }
         if self.samples == 0 {
             return Err(bad("samples", "must be at least 1"));
         }
@@ -370,6 +392,9 @@ pub(crate) struct Layer {
     /// Output positions per sample (MatMul rows, Conv output pixels), and
     /// for a spatial split the positions of the first Conv.
     positions: Option<(u64, u64)>,
+    /// The least fraction of its weights (and MACs) a split must save
+    /// (`min_saving`).
+    min_saving: f64,
 }
 
 impl Layer {
@@ -394,11 +419,15 @@ impl Layer {
         })
     }
 
-    /// Whether a split at rank `r` saves both weights and (when known) MACs.
+    /// Whether a split at rank `r` saves both weights and (when known)
+    /// MACs, each by at least `min_saving` of the layer's.
     fn saves(&self, r: usize) -> bool {
-        self.params_after(r) < self.params_before()
+        let enough = |after: u64, before: u64| {
+            after < before && after as f64 <= (1.0 - self.min_saving) * before as f64
+        };
+        enough(self.params_after(r), self.params_before())
             && match (self.macs_before(), self.macs_after(r)) {
-                (Some(b), Some(a)) => a < b,
+                (Some(b), Some(a)) => enough(a, b),
                 _ => true,
             }
     }
@@ -592,6 +621,7 @@ impl LowRank {
             w: Vec::new(),
             rule,
             positions: None,
+            min_saving: self.min_saving,
         };
         match n.op_type() {
             "MatMul" => {
@@ -695,10 +725,17 @@ impl LowRank {
             other => return Err(format!("{other} is not split")),
         }
         if layer.max_saving_rank().is_none() {
-            return Err(format!(
-                "no rank saves anything ({}×{}: r·(K+N) ≥ K·N already at r = 1)",
-                layer.k, layer.n
-            ));
+            return Err(if self.min_saving > 0.0 {
+                format!(
+                    "no rank saves min_saving {} of its weights or MACs ({}×{})",
+                    self.min_saving, layer.k, layer.n
+                )
+            } else {
+                format!(
+                    "no rank saves anything ({}×{}: r·(K+N) ≥ K·N already at r = 1)",
+                    layer.k, layer.n
+                )
+            });
         }
         Ok(layer)
     }
@@ -728,9 +765,14 @@ impl LowRank {
                         "{}: no input second moments ({}); split data-free",
                         layer.label,
                         match layer.kind {
-                            Kind::Spatial { .. } => "spatial split",
-                            Kind::Gemm { trans_a: true, .. } => "Gemm with transA",
-                            _ => "input not observed",
+                            Kind::Spatial { .. } => "spatial split".into(),
+                            Kind::Gemm { trans_a: true, .. } => "Gemm with transA".into(),
+                            _ if layer.k > whiten::MAX_ROW => format!(
+                                "its input rows are {} long, above the {} the moments gather",
+                                layer.k,
+                                whiten::MAX_ROW
+                            ),
+                            _ => "input not observed".into(),
                         }
                     ));
                 }
@@ -1035,6 +1077,12 @@ fn apply_all(
         let split = r.filter(|&r| layer.saves(r));
         let Some(r) = split else {
             let why = match r {
+                Some(r) if layer.min_saving > 0.0 => format!(
+                    "rank {r} would not save min_saving {} (r·(K+N) = {} of K·N = {}, or of its MACs)",
+                    layer.min_saving,
+                    layer.params_after(*r),
+                    before
+                ),
                 Some(r) => format!(
                     "rank {r} would not save (r·(K+N) = {} ≥ K·N = {} or MACs grow; break-even r < {:.1})",
                     layer.params_after(*r),
@@ -1056,10 +1104,10 @@ fn apply_all(
             continue;
         };
         let (a, b) = factors(layer, s, r);
-        let measured = grams
+        let calib_db = grams
             .get(&layer.node)
             .filter(|_| s.whitening.is_some())
-            .map(|h| whiten::measured_sqnr_db(h, layer, &a, &b, r));
+            .map(|h| whiten::calib_sqnr_db(h, layer, &a, &b, r));
         let predicted = -10.0 * s.dropped(r).max(1e-30).log10();
         let energy = 1.0 - s.dropped(r);
         rewrite(&mut model.graph, layer, r, &a, &b)?;
@@ -1098,8 +1146,8 @@ fn apply_all(
         if let Some(w) = &s.whitening {
             d["damping"] = serde_json::json!(crate::exec::metrics::Num(w.damping));
         }
-        if let Some(m) = measured {
-            d["measured_sqnr_db"] = serde_json::json!(crate::exec::metrics::Num(m));
+        if let Some(m) = calib_db {
+            d["calib_sqnr_db"] = serde_json::json!(crate::exec::metrics::Num(m));
         }
         report.details.push(d);
         rows.push(format!(
@@ -1109,7 +1157,7 @@ fn apply_all(
             r,
             energy,
             predicted,
-            measured.map_or("-".into(), |m| format!("{m:.1}")),
+            calib_db.map_or("-".into(), |m| format!("{m:.1}")),
             before,
             after,
             match (macs0, macs1) {
@@ -1121,7 +1169,7 @@ fn apply_all(
     if !rows.is_empty() {
         let mut t = format!(
             "{:<40} {:>9} {:>5} {:>8} {:>8} {:>8} {:>23} macs\n",
-            "layer", "KxN", "rank", "energy", "pred dB", "meas dB", "params"
+            "layer", "KxN", "rank", "energy", "pred dB", "calib dB", "params"
         );
         for r in rows {
             t.push_str(&r);

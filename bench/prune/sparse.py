@@ -7,7 +7,10 @@ Run from the repository root with the export venv, after building whittle:
     cargo build
     .venv-export/bin/python bench/prune/sparse.py [--whittle target/debug/whittle] [--out DIR]
 
-For every model (fixtures/trained/: digits_cnn, digits_transformer) and every setting
+For every model (fixtures/trained/: digits_cnn, digits_transformer; with `--models` also
+ppocr_det and ppocr_rec, fetched by bench/quantize/fetch.py, pinned to channel.py's input shape by
+whittle `specialize` first so both tools get the same fixed-shape model, with 32 calibration and
+16 held-out synthetic images from bench/quantize/synth.py and no labels) and every setting
 (unstructured 50%, 2:4), each tool prunes the model with its calibration inputs
 (`<model>.calib.npz`, the first `--samples` of them for onnxsim); onnxruntime (1 thread,
 graph optimizations off) then runs the original and every pruned model on the held-out
@@ -31,6 +34,8 @@ from onnx import numpy_helper
 ROOT = Path(__file__).resolve().parents[2]
 TRAINED = ROOT / "fixtures" / "trained"
 MODELS = ["digits_cnn", "digits_transformer"]
+sys.path.insert(0, str(ROOT / "bench" / "prune"))
+sys.path.insert(0, str(ROOT / "fixtures"))  # synth.py imports make_fixtures
 SETTINGS = {
     "50%": ("granularity: unstructured\n      sparsity: 0.5", dict(sparsity=0.5)),
     "2:4": ('granularity: "n:m"\n      pattern: "2:4"', dict(n=2, m=4)),
@@ -95,25 +100,50 @@ def onnxsim_prune(model, calib, kwargs, method, out, samples):
     return time.perf_counter() - t
 
 
+def fetched(binary, name, out):
+    """PP-OCR: (specialized model, calib npz, test npz), the data drawn by synth.py."""
+    import channel  # noqa: PLC0415  (bench/prune/channel.py: fetched dir, input shapes; puts bench/quantize on sys.path)
+    from fetch import fetch  # noqa: PLC0415
+    import synth  # noqa: PLC0415
+
+    path = fetch(name, channel.FETCHED, channel.FETCHED.parent / "wheels", log=lambda *_: None)
+    shape = channel.PPOCR_DIMS[name]["shape"]
+    model, cfg = out / f"{name}.specialized.onnx", out / f"{name}.specialize.yaml"
+    cfg.write_text(f"version: 1\npasses:\n  - specialize: {{ shapes: {{ x: {shape} }} }}\n")
+    subprocess.run([binary, "run", str(cfg), "--input", str(path), "--output", str(model)], check=True, capture_output=True)
+    calib, test = out / f"{name}.calib.npz", out / f"{name}.test.npz"
+    for split, n, f in (("calib", 32, calib), ("heldout", 16, test)):
+        data = synth.ocr_inputs(name, split, n)
+        if name == "ppocr_det":  # synth draws det pages at 320×320: crop to the pinned shape
+            data = {"x": data["x"][..., : shape[2], : shape[3]]}
+        np.savez(f, **{k: v.astype(np.float32) for k, v in data.items()})
+    return model, calib, test
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--whittle", default=str(ROOT / "target" / "debug" / "whittle"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--samples", type=int, default=64, help="calibration samples given to onnxsim")
+    ap.add_argument("--models", nargs="*", default=MODELS)
+    ap.add_argument("--tools", nargs="*", default=["whittle", "onnxsim"])
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="prune-sparse-"))
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in MODELS:
-        model = TRAINED / f"{name}.onnx"
-        calib = TRAINED / f"{name}.calib.npz"
-        test = dict(np.load(TRAINED / f"{name}.test.npz"))
-        labels = np.load(TRAINED / f"{name}.labels.npz")["labels"]
+    for name in args.models:
+        if (TRAINED / f"{name}.onnx").is_file():
+            model, calib, test = TRAINED / f"{name}.onnx", TRAINED / f"{name}.calib.npz", TRAINED / f"{name}.test.npz"
+            labels = np.load(TRAINED / f"{name}.labels.npz")["labels"]
+        else:
+            model, calib, test = fetched(args.whittle, name, out)
+            labels = None
+        test = dict(np.load(test))
         ref = run_ort(model, test)
-        top1 = lambda y: float((y.reshape(len(labels), -1).argmax(1) == labels).mean())
+        top1 = lambda y: float("nan") if labels is None else float((y.reshape(len(labels), -1).argmax(1) == labels).mean())  # noqa: E731
         rows.append((name, "-", "original", "-", 0.0, float("inf"), top1(ref), 0.0))
         for setting, (yaml, kwargs) in SETTINGS.items():
-            for tool in ["whittle", "onnxsim"]:
+            for tool in args.tools:
                 for method in METHODS:
                     p = out / f"{name}.{setting.replace(':', '-').replace('%', 'pct')}.{tool}.{method}.onnx"
                     try:

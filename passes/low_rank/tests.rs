@@ -11,6 +11,7 @@ fn dense(k: usize, n: usize, w: Vec<f64>) -> Layer {
         w,
         rule: RankRule::Global,
         positions: Some((2, 2)),
+        min_saving: 0.0,
     }
 }
 
@@ -48,6 +49,13 @@ fn energy_and_ratio_ranks() {
     assert_eq!(ratio_rank(&l, 0.05, 1), 1);
     assert!(l.saves(4) && !l.saves(5));
     assert_eq!(l.max_saving_rank(), Some(4));
+    // min_saving 0.5: at most 50 of the 100 weights (and MACs) → rank ≤ 2.
+    let l = Layer {
+        min_saving: 0.5,
+        ..l
+    };
+    assert!(l.saves(2) && !l.saves(3));
+    assert_eq!(l.max_saving_rank(), Some(2));
 }
 
 #[test]
@@ -83,6 +91,10 @@ fn configs_are_checked_with_their_paths() {
     assert!(parse("{}").is_ok());
     assert_eq!(parse(r#"{"rank": 0}"#).unwrap_err().field, "rank");
     assert_eq!(parse(r#"{"round_to": 0}"#).unwrap_err().field, "round_to");
+    assert_eq!(
+        parse(r#"{"min_saving": 1.0}"#).unwrap_err().field,
+        "min_saving"
+    );
     assert_eq!(
         parse(r#"{"target": {"params": 1.5}}"#).unwrap_err().field,
         "target.params"

@@ -17,6 +17,17 @@ pub struct LayerGram {
     pub h: Vec<f64>,
 }
 
+/// Longest input row (`K`) whose moments are gathered: `K²` f64 each,
+/// 4096 is 128 MB. Above the shared default (1536) because a layer left
+/// unwhitened loses most of what whitening buys (PP-OCR rec's 3×3 Conv over
+/// 320 channels has K = 2880; BENCHMARKS.md).
+pub const MAX_ROW: usize = 4096;
+
+/// Output positions (Conv) or rows (MatMul/Gemm) of one sample that enter
+/// the moments, evenly spaced: all of them on the models measured (PP-OCR
+/// rec's first Conv has 3840), so the whitening sees the data SVD-LLM sees.
+pub const POSITIONS_PER_SAMPLE: usize = 4096;
+
 /// The samples for the moments and the `min_sqnr_db` search (shared calib code).
 pub fn load_samples(
     model: &Model,
@@ -58,7 +69,10 @@ pub fn grams(
         samples,
         ctx.model_dir.as_deref(),
         threads,
-        calib::MomentLimits::default(),
+        calib::MomentLimits {
+            positions_per_sample: POSITIONS_PER_SAMPLE,
+            max_row: MAX_ROW,
+        },
         ctx.progress,
     )?;
     let mut out = BTreeMap::new();
@@ -150,9 +164,10 @@ pub fn whitening(g: &LayerGram, k: usize, damping: f64) -> Option<Whitening> {
     None
 }
 
-/// The output SQNR (dB) of the written f32 factors on the calibration
-/// inputs: `tr(Wᵀ H W) / tr(ΔWᵀ H ΔW)` with `ΔW = W − A B`, undamped `H`.
-pub fn measured_sqnr_db(g: &LayerGram, layer: &Layer, a: &[f32], b: &[f32], r: usize) -> f64 {
+/// The layer's output SQNR (dB) with the written f32 factors on the
+/// calibration inputs, computed from their second moments (not run):
+/// `tr(Wᵀ H W) / tr(ΔWᵀ H ΔW)` with `ΔW = W − A B`, undamped `H`.
+pub fn calib_sqnr_db(g: &LayerGram, layer: &Layer, a: &[f32], b: &[f32], r: usize) -> f64 {
     let (k, n) = (layer.k, layer.n);
     let mut delta = layer.w.clone();
     for i in 0..k {

@@ -1,0 +1,140 @@
+"""Why Wanda falls below magnitude on the digits CNN at 50% unstructured (issue 14, must-show 1):
+the masks recomputed in numpy on the same weights and calibration data, per layer and whole.
+
+Run from the repository root with the export venv (no whittle run needed):
+
+    .venv-export/bin/python bench/prune/wanda_layers.py [--model digits_cnn] [--sparsity 0.5]
+
+Scores, as whittle's `prune` (passes/prune/sparse.rs) defines them: magnitude `|W_ij|`, Wanda
+`|W_ij|·‖X_j‖` with `‖X_j‖² = Σ x_j²` over the layer's input rows on the calibration inputs
+(im2col patches for a Conv, zero where a patch hangs over the padding). Comparison groups:
+"layer" (the smallest scores of the whole weight) or "row" (each output row loses its share,
+Wanda's paper). Masks are written into the model as it ships (BatchNormalization unfolded, as
+bench/prune/sparse.py prunes it) and run in onnxruntime (1 thread) on the held-out inputs:
+output SQNR against the original. Tables: (1) one layer pruned at a time, every method;
+(2) all layers; (3) the BatchNormalization scale spread per layer (what a per-layer
+comparison of unfolded weights ignores).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench" / "low_rank"))
+from run import attr, rows_of, samples, session, sqnr  # noqa: E402  (bench/low_rank/run.py: im2col rows, ort)
+
+METHODS = [("magnitude", "layer"), ("magnitude", "row"), ("wanda", "row"), ("wanda", "layer")]
+
+
+def weight_rows(node, w):
+    """The weight as output rows × reduction inputs (Conv [O, C·k·k], Gemm/MatMul [N, K])."""
+    if node.op_type == "Conv":
+        return w.reshape(w.shape[0], -1)
+    if node.op_type == "Gemm":
+        return w if attr(node, "transB", 0) else w.T
+    return w.T
+
+
+def back(node, rows, shape):
+    if node.op_type == "Conv":
+        return rows.reshape(shape)
+    if node.op_type == "Gemm" and attr(node, "transB", 0):
+        return rows
+    return rows.T.copy()
+
+
+def mask(scores, sparsity, group):
+    keep = np.ones_like(scores, dtype=bool)
+    if group == "layer":
+        k = int(round(sparsity * scores.size))
+        keep.flat[np.argsort(scores, axis=None, kind="stable")[:k]] = False
+    else:
+        # The layer's count split as evenly as possible over the rows (as whittle does).
+        k, rows = int(round(sparsity * scores.size)), scores.shape[0]
+        for r in range(rows):
+            share = k * (r + 1) // rows - k * r // rows
+            keep[r, np.argsort(scores[r], kind="stable")[:share]] = False
+    return keep
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="digits_cnn")
+    ap.add_argument("--sparsity", type=float, default=0.5)
+    args = ap.parse_args()
+    base = ROOT / "fixtures" / "trained" / args.model
+    path = base.with_suffix(".onnx")
+    calib, test = samples(f"{base}.calib.npz"), samples(f"{base}.test.npz")
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    layers = [n for n in g.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in inits]
+    # ‖X_j‖² per layer from the calibration inputs.
+    s = session(path, outputs=[n.input[0] for n in layers])
+    names = [o.name for o in s.get_outputs()]
+    norms = {n.name: 0.0 for n in layers}
+    for feed in calib:
+        outs = dict(zip(names, s.run(None, feed)))
+        for n in layers:
+            x = rows_of(n, outs[n.input[0]])
+            norms[n.name] = norms[n.name] + (x * x).sum(0)
+    ref = [session(path).run(None, f) for f in test]
+
+    def pruned(which, method, group):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        mi = {i.name: i for i in m.graph.initializer}
+        for n in layers:
+            if n.name not in which:
+                continue
+            w = numpy_helper.to_array(mi[n.input[1]])
+            rows = weight_rows(n, w).astype(np.float64)
+            score = np.abs(rows) * (np.sqrt(norms[n.name])[None, :] if method == "wanda" else 1.0)
+            rows = np.where(mask(score, args.sparsity, group), rows, 0.0)
+            mi[n.input[1]].CopyFrom(numpy_helper.from_array(back(n, rows, w.shape).astype(np.float32), n.input[1]))
+        sess = session_of(m)
+        return sqnr(ref, [sess.run(None, f) for f in test])
+
+    def session_of(m):
+        import onnxruntime as ort  # noqa: PLC0415
+
+        o = ort.SessionOptions()
+        o.intra_op_num_threads = 1
+        o.log_severity_level = 3
+        return ort.InferenceSession(m.SerializeToString(), o, providers=["CPUExecutionProvider"])
+
+    heads = " | ".join(f"{m} per {grp}" for m, grp in METHODS)
+    print(f"{args.model}, {100 * args.sparsity:.0f}% unstructured; output SQNR (dB) vs the original, onnxruntime, {len(test)} held-out inputs\n")
+    print(f"| layer pruned | weight | ‖X_j‖ spread (max/min over j) | {heads} |")
+    print("|---|---|---|" + "---|" * len(METHODS))
+    for n in layers:
+        nz = np.sqrt(norms[n.name])
+        spread = nz.max() / max(nz.min(), 1e-30)
+        cells = " | ".join(f"{pruned({n.name}, m, grp):.2f}" for m, grp in METHODS)
+        print(f"| {n.name} | {list(numpy_helper.to_array(inits[n.input[1]]).shape)} | {spread:.3g} | {cells} |")
+    every = {n.name for n in layers}
+    print(f"| all | | | " + " | ".join(f"{pruned(every, m, grp):.2f}" for m, grp in METHODS) + " |")
+    rest = every - {layers[0].name}
+    print(f"| all but {layers[0].name} | | | " + " | ".join(f"{pruned(rest, m, grp):.2f}" for m, grp in METHODS) + " |")
+    # BatchNormalization after each Conv: the per-row output scale |γ|/√(var+ε).
+    consumers = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    print("\n| Conv | BN scale |γ|/√(var+ε): min / median / max |")
+    print("|---|---|")
+    for n in layers:
+        bn = [c for c in consumers.get(n.output[0], []) if c.op_type == "BatchNormalization"]
+        if bn:
+            gamma, var = (numpy_helper.to_array(inits[bn[0].input[i]]) for i in (1, 4))
+            sc = np.abs(gamma) / np.sqrt(var + attr(bn[0], "epsilon", 1e-5))
+            print(f"| {n.name} | {sc.min():.3g} / {np.median(sc):.3g} / {sc.max():.3g} |")
+
+
+if __name__ == "__main__":
+    main()
