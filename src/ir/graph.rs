@@ -79,6 +79,9 @@ pub struct Graph {
     order: Vec<NodeId>,
     producer: HashMap<String, (NodeId, usize)>,
     free_uses: HashMap<String, Vec<Use>>,
+    /// Nodes that hold subgraphs (kept by attach/detach), so edits that must
+    /// look into subgraphs do not scan every node of a long graph.
+    with_subgraphs: BTreeSet<NodeId>,
 }
 
 impl PartialEq for Graph {
@@ -218,7 +221,8 @@ impl Graph {
             self.set_input(u.node, u.slot, new);
             count += 1;
         }
-        for id in self.order.clone() {
+        let holders: Vec<NodeId> = self.with_subgraphs.iter().copied().collect();
+        for id in holders {
             if self.dag[id.0].has_subgraphs()
                 && self.dag[id.0].attributes.iter().any(|a| {
                     a.graphs()
@@ -255,6 +259,9 @@ impl Graph {
     /// Adds the node's uses and definitions to the indexes.
     fn attach(&mut self, id: NodeId) {
         let node = &self.dag[id.0];
+        if node.has_subgraphs() {
+            self.with_subgraphs.insert(id);
+        }
         let inputs: Vec<(usize, String)> = node
             .inputs
             .iter()
@@ -312,6 +319,7 @@ impl Graph {
     /// Removes the node's uses and definitions from the indexes; its consumers
     /// become free uses of the names it defined.
     fn detach(&mut self, id: NodeId) {
+        self.with_subgraphs.remove(&id);
         let outgoing: Vec<(NodeIndex, Edge)> = self
             .dag
             .edges_directed(id.0, Direction::Outgoing)
