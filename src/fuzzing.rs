@@ -83,6 +83,8 @@ pub fn npz(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// A fuzz entry point.
+pub type Target = fn(&[u8]) -> Result<(), String>;
+
 /// The three targets by name, as the replay test walks `fuzz/corpus/<name>/`.
-pub const TARGETS: [(&str, fn(&[u8]) -> Result<(), String>); 3] =
-    [("model", model), ("pipeline", pipeline), ("npz", npz)];
+pub const TARGETS: [(&str, Target); 3] = [("model", model), ("pipeline", pipeline), ("npz", npz)];

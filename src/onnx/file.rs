@@ -88,8 +88,8 @@ pub fn save(model: &Model, path: &Path, options: &SaveOptions) -> Result<SaveRep
     for t in all_tensors(model) {
         if let TensorData::External(e) = &t.data {
             let key = (e.location.clone(), e.offset, e.length);
-            if !sources.contains_key(&key) {
-                sources.insert(key, (e.bytes()?, e.path()));
+            if let std::collections::btree_map::Entry::Vacant(slot) = sources.entry(key) {
+                slot.insert((e.bytes()?, e.path()));
             }
         }
     }
