@@ -1104,7 +1104,14 @@ mod tests {
     #[test]
     fn npy_fortran_empty_array_with_huge_dimensions_does_not_overflow() {
         let p = Path::new("t.npz");
+        // Dimensions whose product overflows before the 0: refused, no panic.
         let shape = format!("({}, {}, 0)", 1u64 << 40, 1u64 << 40);
+        let err = parse_npy(&npy("<f4", true, &shape, &[]), p, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("too large"), "{err}");
+        // Empty with large (non-overflowing) dimensions: read, no strides walked.
+        let shape = format!("({}, {}, 0)", 1u64 << 20, 1u64 << 20);
         let a = parse_npy(&npy("<f4", true, &shape, &[]), p, "x").unwrap();
         assert!(a.data.is_empty());
     }
