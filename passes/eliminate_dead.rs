@@ -118,17 +118,12 @@ impl EliminateDead {
                         .map(|kv| kv.value().to_string()),
                 );
             }
-            let dead: Vec<String> = g
-                .initializers()
-                .iter()
-                .map(|t| t.name().to_string())
-                .filter(|n| !read.contains(n) && !keep.contains(n))
-                .collect();
-            for name in dead {
-                if let Some(t) = g.remove_initializer(&name) {
-                    report.count("initializers_removed", 1);
-                    report.count("bytes_saved", t.byte_len() as i64);
-                }
+            let dead = g.remove_initializers_where(|t| {
+                !read.contains(t.name()) && !keep.contains(t.name())
+            });
+            for t in dead {
+                report.count("initializers_removed", 1);
+                report.count("bytes_saved", t.byte_len() as i64);
             }
             let before = g.sparse_initializers.len();
             g.sparse_initializers
@@ -175,7 +170,7 @@ fn read_values(g: &Graph) -> BTreeSet<String> {
 /// Identities that produce a graph output are kept: removing them would rename
 /// the output. Returns how many were removed.
 fn bypass_identities(g: &mut Graph) -> usize {
-    let mut removed = 0;
+    let mut bypassed = Vec::new();
     for id in g.node_ids() {
         let n = g.node(id);
         if n.op_type() != "Identity" || !n.domain().is_empty() || n.inputs.len() != 1 {
@@ -189,10 +184,10 @@ fn bypass_identities(g: &mut Graph) -> usize {
             continue;
         }
         g.replace_uses(&y, &x);
-        g.remove_node(id);
-        removed += 1;
+        bypassed.push(id);
     }
-    removed
+    // Removed together: one pass over the node list (linear on long graphs).
+    g.remove_nodes(&bypassed).len()
 }
 
 /// Removes nodes whose outputs cannot reach a graph output. Returns how many.
@@ -203,10 +198,7 @@ pub fn remove_dead_nodes(g: &mut Graph) -> usize {
         .into_iter()
         .filter(|id| !live_nodes.contains(id))
         .collect();
-    for &id in &dead {
-        g.remove_node(id);
-    }
-    dead.len()
+    g.remove_nodes(&dead).len()
 }
 
 #[cfg(test)]

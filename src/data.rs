@@ -297,6 +297,10 @@ pub fn parse_npy(bytes: &[u8], path: &Path, array: &str) -> Result<Array, DataEr
 fn fortran_to_c(data: &[u8], shape: &[usize], size: usize) -> Vec<u8> {
     let count: usize = shape.iter().product();
     let mut out = vec![0u8; data.len()];
+    if count == 0 {
+        // Other dimensions may be huge: their strides must not be computed.
+        return out;
+    }
     // Column-major strides, in elements.
     let mut fstrides = vec![1usize; shape.len()];
     for k in 1..shape.len() {
@@ -348,12 +352,20 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Array)>, DataError> {
         path: path.to_path_buf(),
         error,
     })?;
+    read_npz_from(std::io::BufReader::new(file), path)
+}
+
+/// [`read_npz`] over any seekable reader; `path` names it in errors.
+pub fn read_npz_from(
+    reader: impl std::io::Read + std::io::Seek,
+    path: &Path,
+) -> Result<Vec<(String, Array)>, DataError> {
     let bad = |reason: String| DataError::Format {
         path: path.to_path_buf(),
         reason,
     };
-    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
-        .map_err(|e| bad(format!("not a .npz (zip) archive: {e}")))?;
+    let mut archive =
+        zip::ZipArchive::new(reader).map_err(|e| bad(format!("not a .npz (zip) archive: {e}")))?;
     let mut out = Vec::with_capacity(archive.len());
     for i in 0..archive.len() {
         let mut member = archive
@@ -367,7 +379,10 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Array)>, DataError> {
             .strip_suffix(".npy")
             .unwrap_or(&member_name)
             .to_string();
-        let mut bytes = Vec::with_capacity(usize::try_from(member.size()).unwrap_or(0));
+        // The size is what the archive claims: a hint, capped so a hostile
+        // header cannot make us reserve memory the data never fills.
+        let hint = usize::try_from(member.size()).unwrap_or(0).min(1 << 26);
+        let mut bytes = Vec::with_capacity(hint);
         member
             .read_to_end(&mut bytes)
             .map_err(|e| bad(format!("array {name:?}: {e}")))?;
@@ -391,6 +406,7 @@ impl PyLit {
         let mut p = LitParser {
             s: text.as_bytes(),
             i: 0,
+            depth: 0,
         };
         let v = p.value()?;
         p.ws();
@@ -404,7 +420,13 @@ impl PyLit {
 struct LitParser<'a> {
     s: &'a [u8],
     i: usize,
+    /// Open brackets around the current value: bounded so a hostile header
+    /// cannot overflow the stack (numpy's own headers nest two deep).
+    depth: usize,
 }
+
+/// Deepest bracket nesting a `.npy` header may use.
+const MAX_HEADER_DEPTH: usize = 16;
 
 impl LitParser<'_> {
     fn ws(&mut self) {
@@ -452,6 +474,22 @@ impl LitParser<'_> {
     }
 
     fn value(&mut self) -> Result<PyLit, String> {
+        if matches!(self.peek(), Some(b'(' | b'[' | b'{')) {
+            if self.depth >= MAX_HEADER_DEPTH {
+                return Err(format!(
+                    "brackets nested deeper than {MAX_HEADER_DEPTH} at byte {}",
+                    self.i
+                ));
+            }
+            self.depth += 1;
+            let v = self.value_inner();
+            self.depth -= 1;
+            return v;
+        }
+        self.value_inner()
+    }
+
+    fn value_inner(&mut self) -> Result<PyLit, String> {
         match self.peek() {
             Some(q @ (b'\'' | b'"')) => {
                 self.i += 1;
@@ -1051,6 +1089,31 @@ mod tests {
         out.extend(header.as_bytes());
         out.extend(body);
         out
+    }
+
+    #[test]
+    fn npy_header_nested_deeply_is_refused_without_overflowing_the_stack() {
+        let p = Path::new("t.npz");
+        let shape = format!("{}{}", "(".repeat(60_000), ")".repeat(60_000));
+        let err = parse_npy(&npy("<f4", false, &shape, &[]), p, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nested deeper"), "{err}");
+    }
+
+    #[test]
+    fn npy_fortran_empty_array_with_huge_dimensions_does_not_overflow() {
+        let p = Path::new("t.npz");
+        // Dimensions whose product overflows before the 0: refused, no panic.
+        let shape = format!("({}, {}, 0)", 1u64 << 40, 1u64 << 40);
+        let err = parse_npy(&npy("<f4", true, &shape, &[]), p, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("too large"), "{err}");
+        // Empty with large (non-overflowing) dimensions: read, no strides walked.
+        let shape = format!("({}, {}, 0)", 1u64 << 20, 1u64 << 20);
+        let a = parse_npy(&npy("<f4", true, &shape, &[]), p, "x").unwrap();
+        assert!(a.data.is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod data;
 pub mod describe;
 pub mod exec;
+pub mod fuzzing;
 pub mod inspect;
 pub mod ir;
 pub mod manager;

@@ -79,6 +79,9 @@ pub struct Graph {
     order: Vec<NodeId>,
     producer: HashMap<String, (NodeId, usize)>,
     free_uses: HashMap<String, Vec<Use>>,
+    /// Nodes that hold subgraphs (kept by attach/detach), so edits that must
+    /// look into subgraphs do not scan every node of a long graph.
+    with_subgraphs: BTreeSet<NodeId>,
 }
 
 impl PartialEq for Graph {
@@ -175,6 +178,26 @@ impl Graph {
             .expect("node handle outlived its node")
     }
 
+    /// Removes several nodes at once and returns them in the order given:
+    /// one pass over the node list instead of one per node, so cleaning up
+    /// thousands of nodes of a long graph stays linear. Repeated handles
+    /// count once.
+    pub fn remove_nodes(&mut self, ids: &[NodeId]) -> Vec<Node> {
+        let mut gone = HashSet::with_capacity(ids.len());
+        let ids: Vec<NodeId> = ids.iter().copied().filter(|&id| gone.insert(id)).collect();
+        for &id in &ids {
+            self.detach(id);
+        }
+        self.order.retain(|id| !gone.contains(id));
+        ids.into_iter()
+            .map(|id| {
+                self.dag
+                    .remove_node(id.0)
+                    .expect("node handle outlived its node")
+            })
+            .collect()
+    }
+
     /// Edits a node (its inputs, outputs, attributes, anything) and keeps the
     /// graph's indexes in step.
     pub fn update_node<R>(&mut self, id: NodeId, edit: impl FnOnce(&mut Node) -> R) -> R {
@@ -198,7 +221,8 @@ impl Graph {
             self.set_input(u.node, u.slot, new);
             count += 1;
         }
-        for id in self.order.clone() {
+        let holders: Vec<NodeId> = self.with_subgraphs.iter().copied().collect();
+        for id in holders {
             if self.dag[id.0].has_subgraphs()
                 && self.dag[id.0].attributes.iter().any(|a| {
                     a.graphs()
@@ -235,6 +259,9 @@ impl Graph {
     /// Adds the node's uses and definitions to the indexes.
     fn attach(&mut self, id: NodeId) {
         let node = &self.dag[id.0];
+        if node.has_subgraphs() {
+            self.with_subgraphs.insert(id);
+        }
         let inputs: Vec<(usize, String)> = node
             .inputs
             .iter()
@@ -292,6 +319,7 @@ impl Graph {
     /// Removes the node's uses and definitions from the indexes; its consumers
     /// become free uses of the names it defined.
     fn detach(&mut self, id: NodeId) {
+        self.with_subgraphs.remove(&id);
         let outgoing: Vec<(NodeIndex, Edge)> = self
             .dag
             .edges_directed(id.0, Direction::Outgoing)
@@ -354,11 +382,18 @@ impl Graph {
                 .collect(),
             None => self.free_uses.get(value).cloned().unwrap_or_default(),
         };
-        let rank: HashMap<NodeId, usize> = uses
-            .iter()
-            .map(|u| (u.node, self.position(u.node)))
-            .collect();
-        uses.sort_by_key(|u| (rank[&u.node], u.slot));
+        if uses.len() > 1 {
+            // One scan of the list for all of them (not one per use).
+            let users: HashSet<NodeId> = uses.iter().map(|u| u.node).collect();
+            let rank: HashMap<NodeId, usize> = self
+                .order
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| users.contains(id))
+                .map(|(i, &id)| (id, i))
+                .collect();
+            uses.sort_by_key(|u| (rank[&u.node], u.slot));
+        }
         uses
     }
 
@@ -514,6 +549,20 @@ impl Graph {
         let t = self.initializers.remove(i);
         self.reindex_initializers();
         Some(t)
+    }
+
+    /// Removes every initializer `remove` accepts, in one pass over the list,
+    /// and returns them in list order.
+    pub fn remove_initializers_where(
+        &mut self,
+        mut remove: impl FnMut(&Tensor) -> bool,
+    ) -> Vec<Tensor> {
+        let (gone, kept): (Vec<Tensor>, Vec<Tensor>) = std::mem::take(&mut self.initializers)
+            .into_iter()
+            .partition(|t| remove(t));
+        self.initializers = kept;
+        self.reindex_initializers();
+        gone
     }
 
     /// Edits every initializer in place (names must stay the same).

@@ -96,6 +96,12 @@ impl PartialEq for ExternalData {
 }
 
 impl ExternalData {
+    /// The side file this tensor reads, resolved (canonical) when the model
+    /// was loaded from a file.
+    pub fn path(&self) -> Option<PathBuf> {
+        self.files.as_ref()?.resolve(&self.location).ok()
+    }
+
     /// Parses and checks the `external_data` entries of tensor `tensor`:
     /// the location must be relative and stay inside the model's folder,
     /// and, when `files` is given, the byte range must exist in the file.

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -76,25 +76,89 @@ pub fn save(model: &Model, path: &Path, options: &SaveOptions) -> Result<SaveRep
         .ok_or_else(|| OnnxError::Invalid(format!("{} is not a file path", path.display())))?;
     let mut proto = to_proto(model);
     let mut side = SideFiles::default();
-
-    // Tensors that already live in side files keep their location and offset.
-    for t in all_tensors(model) {
-        if let TensorData::External(e) = &t.data {
-            side.add(&e.location, e.offset, e.bytes()?);
-        }
-    }
-
-    // Tensors the options (or the 2 GiB limit) move out.
     let location = options
         .external_location
         .clone()
         .unwrap_or_else(|| format!("{file_name}.data"));
-    let mut report = SaveReport::default();
-    if let Some(threshold) = options.external_threshold {
-        externalize(&mut proto, &mut side, &location, |len| {
-            len as u64 >= threshold
-        });
+
+    // Tensors that were external move to the output's own side file (never
+    // the input's: renaming over it would change what the input reads), in
+    // the order the model lists them, one copy per distinct byte range.
+    let mut sources: BTreeMap<(String, u64, u64), (Bytes, Option<PathBuf>)> = BTreeMap::new();
+    for t in all_tensors(model) {
+        if let TensorData::External(e) = &t.data {
+            let key = (e.location.clone(), e.offset, e.length);
+            if let std::collections::btree_map::Entry::Vacant(slot) = sources.entry(key) {
+                slot.insert((e.bytes()?, e.path()));
+            }
+        }
     }
+    // The files this save renames into place must not be ones the input reads.
+    let side_target = dir.join(&location);
+    for read in sources.values().filter_map(|(_, p)| p.as_ref()) {
+        for target in [&side_target, &path.to_path_buf()] {
+            if same_file(read, target) {
+                return Err(OnnxError::Invalid(format!(
+                    "writing {} would replace {}, which the input model reads its weights from; choose another output name or external location",
+                    target.display(),
+                    read.display()
+                )));
+            }
+        }
+    }
+    // One walk in the model's order: tensors that were external get their
+    // place in the new side file, and main-graph initializers the threshold
+    // moves out are appended as they come, so the file is written front to back.
+    let mut placed: BTreeMap<(String, u64, u64), u64> = BTreeMap::new();
+    let threshold = options.external_threshold;
+    rehome(&mut proto, &mut |t, main_initializer| {
+        if t.data_location != Some(proto::tensor_proto::DataLocation::External as i32) {
+            let big = t
+                .raw_data
+                .as_ref()
+                .is_some_and(|raw| threshold.is_some_and(|th| raw.len() as u64 >= th));
+            if main_initializer && big {
+                let raw = t.raw_data.take().unwrap_or_default();
+                let offset = side.append(&location, raw.clone());
+                t.data_location = Some(proto::tensor_proto::DataLocation::External as i32);
+                t.external_data = external_entries(&location, offset, raw.len(), &[]);
+            }
+            return;
+        }
+        let field = |k: &str| {
+            t.external_data
+                .iter()
+                .find(|e| e.key.as_deref() == Some(k))
+                .and_then(|e| e.value.clone())
+        };
+        let num = |k: &str| field(k).and_then(|v| v.trim().parse::<u64>().ok());
+        let Some(loc) = field("location") else {
+            return;
+        };
+        let offset = num("offset").unwrap_or(0);
+        // Without a `length` entry the IR derived it from the dtype and shape.
+        let key = match num("length") {
+            Some(length) => (loc, offset, length),
+            None => match sources.keys().find(|(l, o, _)| *l == loc && *o == offset) {
+                Some(k) => k.clone(),
+                None => return,
+            },
+        };
+        let Some((bytes, _)) = sources.get(&key) else {
+            return;
+        };
+        let new_offset = match placed.get(&key) {
+            Some(&o) => o,
+            None => {
+                let o = side.append(&location, bytes.clone());
+                placed.insert(key, o);
+                o
+            }
+        };
+        t.external_data = external_entries(&location, new_offset, bytes.len(), &t.external_data);
+    });
+
+    let mut report = SaveReport::default();
     if proto.encoded_len() > PROTOBUF_LIMIT {
         report.externalized_for_size = true;
         externalize(&mut proto, &mut side, &location, |len| {
@@ -113,13 +177,21 @@ pub fn save(model: &Model, path: &Path, options: &SaveOptions) -> Result<SaveRep
     for (loc, chunks) in &side.files {
         let target = dir.join(loc);
         let tmp = Staged::create(&target)?;
-        let mut f = tmp.file()?;
+        // One sequential stream: chunks in offset order, gaps written as zeros.
+        let mut f = BufWriter::with_capacity(1 << 20, tmp.file()?);
+        let mut at = 0u64;
         for (offset, bytes) in chunks {
-            f.seek(SeekFrom::Start(*offset))
+            let gap = offset.saturating_sub(at);
+            std::io::copy(&mut std::io::repeat(0).take(gap), &mut f)
                 .and_then(|_| f.write_all(bytes))
                 .map_err(|source| tmp.io_error(source))?;
+            at = offset + bytes.len() as u64;
             report.external_bytes += bytes.len() as u64;
         }
+        f.flush()
+            .and_then(|_| f.get_ref().sync_data())
+            .map_err(|source| tmp.io_error(source))?;
+        drop(f);
         report.external_files.push(loc.clone());
         staged.push(tmp);
     }
@@ -127,6 +199,7 @@ pub fn save(model: &Model, path: &Path, options: &SaveOptions) -> Result<SaveRep
     let mut w = BufWriter::with_capacity(1 << 20, tmp.file()?);
     report.model_bytes = write_model(&proto, &mut w)
         .and_then(|n| w.flush().map(|_| n))
+        .and_then(|n| w.get_ref().sync_data().map(|_| n))
         .map_err(|source| tmp.io_error(source))?;
     drop(w);
     staged.push(tmp);
@@ -136,6 +209,87 @@ pub fn save(model: &Model, path: &Path, options: &SaveOptions) -> Result<SaveRep
         s.commit()?;
     }
     Ok(report)
+}
+
+/// True when both paths name one existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// `external_data` entries pointing at `location`, keeping any keys other
+/// than location, offset and length (a checksum, for example).
+fn external_entries(
+    location: &str,
+    offset: u64,
+    length: usize,
+    old: &[proto::StringStringEntryProto],
+) -> Vec<proto::StringStringEntryProto> {
+    let entry = |k: &str, v: String| proto::StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v),
+    };
+    let mut out = vec![
+        entry("location", location.to_string()),
+        entry("offset", offset.to_string()),
+        entry("length", length.to_string()),
+    ];
+    out.extend(
+        old.iter()
+            .filter(|e| !matches!(e.key.as_deref(), Some("location" | "offset" | "length")))
+            .cloned(),
+    );
+    out
+}
+
+/// Calls `place` on every tensor of the model in order (main-graph
+/// initializers flagged `true`; subgraphs, attributes, sparse tensors and
+/// training graphs too). Nesting is bounded by the decoder's recursion limit.
+fn rehome(proto: &mut proto::ModelProto, place: &mut impl FnMut(&mut proto::TensorProto, bool)) {
+    fn graph(
+        g: &mut proto::GraphProto,
+        main: bool,
+        place: &mut impl FnMut(&mut proto::TensorProto, bool),
+    ) {
+        for t in &mut g.initializer {
+            place(t, main);
+        }
+        for s in &mut g.sparse_initializer {
+            for t in s.values.iter_mut().chain(s.indices.iter_mut()) {
+                place(t, false);
+            }
+        }
+        for n in &mut g.node {
+            for a in &mut n.attribute {
+                for t in a.t.iter_mut().chain(a.tensors.iter_mut()) {
+                    place(t, false);
+                }
+                for s in a
+                    .sparse_tensor
+                    .iter_mut()
+                    .chain(a.sparse_tensors.iter_mut())
+                {
+                    for t in s.values.iter_mut().chain(s.indices.iter_mut()) {
+                        place(t, false);
+                    }
+                }
+                for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
+                    graph(sub, false, place);
+                }
+            }
+        }
+    }
+    if let Some(g) = proto.graph.as_mut() {
+        graph(g, true, place);
+    }
+    for t in &mut proto.training_info {
+        for g in t.initialization.iter_mut().chain(t.algorithm.iter_mut()) {
+            graph(g, false, place);
+        }
+    }
 }
 
 /// Moves main-graph initializers that pass `keep_out` to `location`.
@@ -158,17 +312,7 @@ fn externalize(
         let raw = t.raw_data.take().unwrap_or_default();
         let offset = side.append(location, raw.clone());
         t.data_location = Some(proto::tensor_proto::DataLocation::External as i32);
-        t.external_data = [
-            ("location", location.to_string()),
-            ("offset", offset.to_string()),
-            ("length", raw.len().to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| proto::StringStringEntryProto {
-            key: Some(k.into()),
-            value: Some(v),
-        })
-        .collect();
+        t.external_data = external_entries(location, offset, raw.len(), &[]);
     }
 }
 
@@ -184,6 +328,14 @@ fn all_tensors(model: &Model) -> Vec<&Tensor> {
                 match &a.value {
                     AttrValue::Tensor(t) => out.push(t),
                     AttrValue::Tensors(ts) => out.extend(ts),
+                    AttrValue::SparseTensor(s) => {
+                        out.extend(s.values.iter().chain(s.indices.iter()))
+                    }
+                    AttrValue::SparseTensors(v) => {
+                        for s in v {
+                            out.extend(s.values.iter().chain(s.indices.iter()));
+                        }
+                    }
                     _ => {}
                 }
                 for sub in a.graphs() {
@@ -209,22 +361,11 @@ struct SideFiles {
 }
 
 impl SideFiles {
-    fn add(&mut self, location: &str, offset: u64, bytes: Bytes) {
-        self.files
-            .entry(location.to_string())
-            .or_default()
-            .insert(offset, bytes);
-    }
-
     /// Appends after everything already placed in `location`; large tensors
     /// start on a page boundary so runtimes can memory-map them.
     fn append(&mut self, location: &str, bytes: Bytes) -> u64 {
         let file = self.files.entry(location.to_string()).or_default();
-        let end = file
-            .iter()
-            .map(|(o, b)| o + b.len() as u64)
-            .max()
-            .unwrap_or(0);
+        let end = file.last_key_value().map_or(0, |(o, b)| o + b.len() as u64);
         let align = if bytes.len() >= 1 << 20 { 4096 } else { 16 };
         let offset = end.div_ceil(align) * align;
         file.insert(offset, bytes);
@@ -233,9 +374,18 @@ impl SideFiles {
 }
 
 /// A temporary file beside its destination, removed unless committed.
+///
+/// On Linux it is opened with `O_TMPFILE`: an inode with no name until
+/// [`Staged::commit`] links it (under the temporary name, then renamed over
+/// the target), so a run killed mid-write (SIGKILL included) leaves no file
+/// at all. Where the file system lacks `O_TMPFILE`, a named temporary
+/// `.NAME.whittle-PID.tmp` is used and removed on error.
 struct Staged {
     tmp: PathBuf,
     target: PathBuf,
+    dir: PathBuf,
+    /// The unnamed file, when `O_TMPFILE` worked.
+    anon: std::cell::RefCell<Option<File>>,
     done: bool,
 }
 
@@ -258,11 +408,27 @@ impl Staged {
         Ok(Staged {
             tmp,
             target: target.to_path_buf(),
+            dir,
+            anon: std::cell::RefCell::new(None),
             done: false,
         })
     }
 
     fn file(&self) -> Result<File, OnnxError> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let anon = fs::OpenOptions::new()
+                .write(true)
+                .mode(0o644)
+                .custom_flags(libc::O_TMPFILE)
+                .open(&self.dir);
+            if let Ok(f) = anon {
+                let keep = f.try_clone().map_err(|source| self.io_error(source))?;
+                *self.anon.borrow_mut() = Some(keep);
+                return Ok(f);
+            }
+        }
         File::create(&self.tmp).map_err(|source| self.io_error(source))
     }
 
@@ -275,6 +441,28 @@ impl Staged {
     }
 
     fn commit(mut self) -> Result<(), OnnxError> {
+        #[cfg(target_os = "linux")]
+        if let Some(f) = self.anon.borrow_mut().take() {
+            use std::os::unix::ffi::OsStrExt;
+            use std::os::unix::io::AsRawFd;
+            let proc_path = format!("/proc/self/fd/{}\0", f.as_raw_fd());
+            let mut tmp = self.tmp.as_os_str().as_bytes().to_vec();
+            tmp.push(0);
+            let _ = fs::remove_file(&self.tmp);
+            // SAFETY: both paths are NUL-terminated and outlive the call.
+            let rc = unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    proc_path.as_ptr().cast(),
+                    libc::AT_FDCWD,
+                    tmp.as_ptr().cast(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            };
+            if rc != 0 {
+                return Err(self.io_error(std::io::Error::last_os_error()));
+            }
+        }
         fs::rename(&self.tmp, &self.target).map_err(|source| self.io_error(source))?;
         self.done = true;
         Ok(())

@@ -1,0 +1,6 @@
+//! Fuzz target: `whittle::fuzzing::npz` on arbitrary bytes (see src/fuzzing.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = whittle::fuzzing::npz(data);
+});
