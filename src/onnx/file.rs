@@ -81,9 +81,10 @@ pub fn save(model: &Model, path: &Path, options: &SaveOptions) -> Result<SaveRep
         .clone()
         .unwrap_or_else(|| format!("{file_name}.data"));
 
-    // Tensors that were external move to the output's own side file (never
-    // the input's: renaming over it would change what the input reads), in
-    // the order the model lists them, one copy per distinct byte range.
+    // Tensors that were external keep their location and offset beside the
+    // output, unless that file is one the input reads: then they move to the
+    // output's own side file (renaming over the input's would change what the
+    // input reads), in the order the model lists them, one copy per range.
     let mut sources: BTreeMap<(String, u64, u64), (Bytes, Option<PathBuf>)> = BTreeMap::new();
     for t in all_tensors(model) {
         if let TensorData::External(e) = &t.data {
@@ -144,9 +145,17 @@ pub fn save(model: &Model, path: &Path, options: &SaveOptions) -> Result<SaveRep
                 None => return,
             },
         };
-        let Some((bytes, _)) = sources.get(&key) else {
+        let Some((bytes, read)) = sources.get(&key) else {
             return;
         };
+        // Where writing the same location beside the output would not touch
+        // what the input reads, the tensor keeps its location and offset (the
+        // lossless round trip); otherwise it moves to the output's own file.
+        let kept = dir.join(&key.0);
+        if !read.as_ref().is_some_and(|r| same_file(r, &kept)) {
+            side.add(&key.0, key.1, bytes.clone());
+            return;
+        }
         let new_offset = match placed.get(&key) {
             Some(&o) => o,
             None => {
@@ -361,6 +370,14 @@ struct SideFiles {
 }
 
 impl SideFiles {
+    /// Places `bytes` at `offset` of `location` (a tensor keeping its place).
+    fn add(&mut self, location: &str, offset: u64, bytes: Bytes) {
+        self.files
+            .entry(location.to_string())
+            .or_default()
+            .insert(offset, bytes);
+    }
+
     /// Appends after everything already placed in `location`; large tensors
     /// start on a page boundary so runtimes can memory-map them.
     fn append(&mut self, location: &str, bytes: Bytes) -> u64 {
