@@ -35,6 +35,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ort_timing import timed  # noqa: E402  (bench/ort_timing.py)
+
 ROOT = Path(__file__).resolve().parents[2]
 TRAINED = ROOT / "fixtures" / "trained"
 sys.path.insert(0, str(ROOT / "bench" / "quantize"))
@@ -87,19 +90,6 @@ def ort_ops(path, work):
     return c, sum(c.values())
 
 
-def timed(sessions, feed, rounds, runs):
-    """Median ms per run of each session, timed in alternating blocks."""
-    times = [[] for _ in sessions]
-    for s in sessions:
-        for _ in range(5):
-            s.run(None, feed)
-    for _ in range(rounds):
-        for i, s in enumerate(sessions):
-            for _ in range(runs):
-                t = time.perf_counter()
-                s.run(None, feed)
-                times[i].append(time.perf_counter() - t)
-    return [1000 * float(np.median(t)) for t in times]
 
 
 def load():

@@ -25,6 +25,7 @@ import itertools
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ort_timing import timed  # noqa: E402  (bench/ort_timing.py)
 import channel  # bench/prune/channel.py: models, inputs, the PP-OCR prelude, onnxruntime session
 
 PROFILES = itertools.count()
@@ -122,18 +126,6 @@ def profile(path, feed, runs, work):
     return per
 
 
-def timed(sessions, feed, rounds, runs):
-    times = [[] for _ in sessions]
-    for s in sessions:
-        for _ in range(5):
-            s.run(None, feed)
-    for _ in range(rounds):
-        for i, s in enumerate(sessions):
-            for _ in range(runs):
-                t = time.perf_counter()
-                s.run(None, feed)
-                times[i].append(time.perf_counter() - t)
-    return [1000 * float(np.median(t)) for t in times]
 
 
 def main():
