@@ -195,12 +195,12 @@ fn killed_mid_write_leaves_no_output_and_an_intact_input() {
             std::thread::sleep(Duration::from_micros(200));
         }
         std::thread::sleep(Duration::from_millis(delay_ms));
-        let alive = child.try_wait().unwrap().is_none();
-        child.kill().unwrap(); // SIGKILL
+        let _ = child.kill(); // SIGKILL (nothing to do if it already exited)
         let status = child.wait().unwrap();
-        if alive {
+        // Judged by how it ended, not by a check before the kill: it may
+        // finish between the two.
+        if !status.success() {
             landed += 1;
-            assert!(!status.success());
             assert!(
                 entries(&out_dir).is_empty(),
                 "killed {delay_ms} ms into the write, it left {:?}",
