@@ -510,20 +510,7 @@ fn small_ints(t: &crate::ir::Tensor) -> Option<Vec<i64>> {
     if !(0..=64).contains(&count) {
         return None;
     }
-    let b = t.packed_bytes().ok()?;
-    match t.dtype() {
-        crate::ir::DataType::Int64 => Some(
-            b.chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-                .collect(),
-        ),
-        crate::ir::DataType::Int32 => Some(
-            b.chunks_exact(4)
-                .map(|c| i64::from(i32::from_le_bytes(c.try_into().unwrap_or([0; 4]))))
-                .collect(),
-        ),
-        _ => None,
-    }
+    t.to_i64().ok()
 }
 
 /// The output shapes of a Split: sizes from its input or attribute, else equal parts.

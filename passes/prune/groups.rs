@@ -328,12 +328,7 @@ pub fn const_ints(g: &Graph, name: &str) -> Option<Vec<i64>> {
     if t.dtype() != DataType::Int64 {
         return None;
     }
-    let b = t.packed_bytes().ok()?;
-    Some(
-        b.chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect(),
-    )
+    t.to_i64().ok()
 }
 
 /// The entries of a Reshape's shape tensor `name`: all of a constant, or of a

@@ -391,6 +391,26 @@ impl Tensor {
             .collect())
     }
 
+    /// The elements as i64, for int64 and int32 tensors (shapes, axes,
+    /// indices).
+    pub fn to_i64(&self) -> Result<Vec<i64>, IrError> {
+        let bytes = self.packed_bytes()?;
+        match self.dtype() {
+            DataType::Int64 => Ok(bytes
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect()),
+            DataType::Int32 => Ok(bytes
+                .chunks_exact(4)
+                .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                .collect()),
+            other => Err(IrError::Tensor {
+                tensor: self.name().to_string(),
+                reason: format!("expected int64 or int32 elements, found {other}"),
+            }),
+        }
+    }
+
     /// A 64-bit FNV-1a checksum of the packed elements (of each string for
     /// string tensors), independent of how the data is stored.
     pub fn checksum(&self) -> Result<u64, IrError> {
