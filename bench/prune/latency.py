@@ -47,7 +47,9 @@ def load():
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def model_path(name):
+def model_path(name, work):
+    if name in channel.BUILT:
+        return channel.build_resnext_tiny(work / f"{name}.onnx")
     path = channel.TRAINED / f"{name}.onnx"
     if path.is_file():
         return path
@@ -142,7 +144,7 @@ def main():
     print(f"target: {{ macs: {args.macs} }}, importance l1; onnxruntime {ort.__version__}, 1 thread; load average before: {load()}\n")
     rows, notes = [], []
     for name in args.models:
-        path = model_path(name)
+        path = model_path(name, work)
         feed = channel.samples_of(name, path, 1)[0]
         if name in channel.PPOCR_DIMS:
             # The baseline is the prelude's output (specialize alone): only pruning differs.

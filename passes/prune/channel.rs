@@ -261,12 +261,15 @@ fn importance(
 }
 
 /// Channels a group keeps when `want` are asked for: at least `min_channels`,
-/// and a multiple of `round_to` elements in its widest tensor axis.
+/// and a multiple of `round_to` elements in its widest tensor axis — for a
+/// grouped Conv's channels, a multiple of `round_to` per group (the count is
+/// the per-group width; onnxruntime's blocked NCHWc Conv needs it).
 pub(super) fn bounded_keep(cfg: &Prune, group: &Group, want: usize) -> usize {
     let n = group.channels.len();
     let unit = group
         .channels
         .first()
+        .filter(|_| !group.grouped)
         .map(|c| {
             let mut per: BTreeMap<usize, usize> = BTreeMap::new();
             for (d, _) in &c.elements {
@@ -1330,6 +1333,12 @@ pub(crate) mod tests {
             "{note}"
         );
         assert!(rep.details.iter().any(|d| d["grouped_convs"].is_array()));
+        // round_to counts per group: ratio 0.25 asks for 3 of 4 per group, whose
+        // 6 channels in all are a multiple of 2, but 3 per group is not: 4 stay.
+        let (out, _) = prune(&m, serde_json::json!({"ratio": 0.25}));
+        assert_eq!(dims(&out, "gc.w"), [6, 3, 3, 3]);
+        let (out, _) = prune(&m, serde_json::json!({"ratio": 0.25, "round_to": 2}));
+        assert_eq!(dims(&out, "gc.w"), [8, 4, 3, 3]);
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct Group {
     pub consumers: Vec<String>,
     /// Why the group must stay whole: (node label, reason).
     pub blocked: Option<(String, String)>,
+    /// Whether it holds the input or output channels of a grouped Conv
+    /// (1 < group < C_in): its channel count is then a per-group width.
+    pub grouped: bool,
 }
 
 /// The result of the analysis.
@@ -263,10 +266,19 @@ pub fn analyze(g: &Graph, shapes: &Shapes, sources: &[NodeId]) -> Analysis {
         channels.sort_by(|x, y| x.elements.cmp(&y.elements));
         let mut producers: Vec<(usize, String)> = Vec::new();
         let mut consumers: Vec<(usize, String)> = Vec::new();
+        let mut grouped = false;
         for &d in &dims {
             let dim = &a.dims[d];
             for u in g.uses(&dim.tensor) {
                 let n = g.node(u.node);
+                if n.op_type() == "Conv" && u.slot == 1 {
+                    let group = n.attr_int("group").unwrap_or(1);
+                    let cin = n
+                        .inputs
+                        .first()
+                        .and_then(|x| shapes.get(x)?.get(1).copied());
+                    grouped |= group > 1 && cin != Some(group);
+                }
                 let pos = position.get(&u.node).copied().unwrap_or(usize::MAX);
                 if let Some(role) = weight_role(g, n, u.slot, dim.axis, shapes) {
                     let list = if role { &mut producers } else { &mut consumers };
@@ -288,6 +300,7 @@ pub fn analyze(g: &Graph, shapes: &Shapes, sources: &[NodeId]) -> Analysis {
                 producers: producers.into_iter().map(|p| p.1).collect(),
                 consumers: consumers.into_iter().map(|p| p.1).collect(),
                 blocked: block,
+                grouped,
             },
         ));
     }
