@@ -24,7 +24,9 @@
 //!
 //! Methods (`unstructured`, `n:m`): `magnitude` scores `|W_ij|`; `wanda`
 //! scores `|W_ij|·‖X_j‖` (the norm of input feature `j` over the calibration
-//! data) and compares within each output row; `sparsegpt` prunes column by
+//! data) and compares over the whole layer (`comparison: layer`, the default,
+//! measured better on the trained fixtures) or within each output row
+//! (`comparison: output`, the paper's choice for LLMs); `sparsegpt` prunes column by
 //! column and updates the remaining weights of each row through the inverse
 //! Hessian of the layer input (OBS). wanda and sparsegpt need `--data`.
 //!
@@ -57,6 +59,10 @@
 //! BatchNormalization, element-wise ops (constants with one value per channel
 //! are sliced; two activations of one group — residual Add, SiLU,
 //! squeeze-excitation — join one group), Concat/Split offsets, depthwise Conv,
+//! grouped Conv (1 < `group` < C_in: the same position of every group goes
+//! together — producer channels p, p + C_in/g, … on the input side, filters
+//! p, p + C_out/g, … on the output side — so each group loses as many and
+//! `group` stays; the report gives the per-group widths),
 //! pooling, Pad, Resize, Transpose, Flatten/Reshape (blocks of the spatial
 //! size, whole attention heads; a Reshape shape may be computed, as exporters
 //! do for a dynamic batch — `Shape` → `Gather` → `Concat` — when the entry of
@@ -174,7 +180,7 @@ pub struct Prune {
     pub reconstruct: Option<bool>,
 
     /// (unstructured, n:m) How weights are chosen: `magnitude` (|W|, the
-    /// default; needs no data), `wanda` (|W|·‖X‖, per output row) or
+    /// default; needs no data), `wanda` (|W|·‖X‖, see `comparison`) or
     /// `sparsegpt` (OBS updates through the inverse input Hessian); the
     /// last two need `--data`.
     pub method: Method,
@@ -184,6 +190,11 @@ pub struct Prune {
     /// (n:m) `"N:M"`: at most N non-zeros in every group of M consecutive
     /// weights along the reduction axis, 1 ≤ N < M ≤ 64 (default "2:4").
     pub pattern: Option<String>,
+    /// (unstructured, wanda) Which weights Wanda's scores are compared
+    /// among: `layer` (the whole weight, the default: measured better on
+    /// the trained CNN and transformer, BENCHMARKS.md) or `output` (each
+    /// output row loses its share, the paper's choice for LLMs).
+    pub comparison: Option<Comparison>,
     /// (unstructured) `local`: every layer gets `sparsity`; `global`: one
     /// ranking over all selected layers, scores normalized per layer by the
     /// layer's total score energy, so layers get different sparsities that
@@ -210,6 +221,7 @@ impl Default for Prune {
             method: Method::Magnitude,
             sparsity: None,
             pattern: None,
+            comparison: None,
             scope: Scope::Local,
         }
     }
@@ -251,11 +263,25 @@ pub enum Method {
     /// Smallest |W| first.
     #[default]
     Magnitude,
-    /// Smallest |W_ij|·‖X_j‖ within each output row first (Sun et al. 2023).
+    /// Smallest |W_ij|·‖X_j‖ first (Sun et al. 2023), compared over the
+    /// layer or within each output row (`comparison`).
     Wanda,
     /// Column by column, with the OBS update of the remaining weights
     /// (Frantar & Alistarh 2023).
     Sparsegpt,
+}
+
+/// Among which weights Wanda's scores are compared (granularity:
+/// unstructured, method: wanda).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Comparison {
+    /// All weights of the layer (the default).
+    #[default]
+    Layer,
+    /// Within each output row: every row loses the same share (Sun et al.
+    /// 2023's choice for LLMs).
+    Output,
 }
 
 /// Over which weights the sparsity is counted (granularity: unstructured).
@@ -329,6 +355,11 @@ fn fraction(field: String, v: f64) -> Result<(), ConfigError> {
 }
 
 impl Prune {
+    /// Wanda's comparison group (default `layer`).
+    pub fn comparison(&self) -> Comparison {
+        self.comparison.unwrap_or_default()
+    }
+
     /// The sparsity of unstructured pruning (default 0.5).
     pub fn sparsity(&self) -> f64 {
         self.sparsity.unwrap_or(0.5)
@@ -374,6 +405,7 @@ impl Prune {
             (self.sparsity.is_some(), "sparsity"),
             (self.pattern.is_some(), "pattern"),
             (self.scope != Scope::Local, "scope"),
+            (self.comparison.is_some(), "comparison"),
         ] {
             if on {
                 set.push(name.to_string());
@@ -520,6 +552,12 @@ impl Config for Prune {
                 if !nm && self.pattern.is_some() {
                     return Err(error("pattern", "`pattern` applies to granularity: n:m"));
                 }
+                if self.comparison.is_some() && (nm || self.method != Method::Wanda) {
+                    return Err(error(
+                        "comparison",
+                        "`comparison` applies to granularity: unstructured with method: wanda (n:m compares within each group of M)",
+                    ));
+                }
             }
         }
         Ok(())
@@ -617,5 +655,18 @@ mod tests {
         assert_eq!(e.field, "pattern");
         let e = err("{ratio: 0.3, target: {macs: 0.5}}");
         assert_eq!(e.field, "target");
+        for bad in [
+            "{comparison: layer}",
+            "{granularity: unstructured, comparison: output}",
+            "{granularity: \"n:m\", method: wanda, comparison: output}",
+        ] {
+            assert_eq!(err(bad).field, "comparison", "{bad}");
+        }
+        let p = parse("{granularity: unstructured, method: wanda, comparison: output}").unwrap();
+        assert_eq!(p.comparison(), Comparison::Output);
+        let p = parse("{granularity: unstructured, method: wanda}").unwrap();
+        assert_eq!(p.comparison(), Comparison::Layer);
+        let e = err("{granularity: unstructured, method: wanda, comparison: row}");
+        assert_eq!(e.field, "comparison");
     }
 }

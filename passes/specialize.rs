@@ -20,7 +20,8 @@
 //!    decides the type; the value's nesting must fit its declared shape) and
 //!    leaves the graph's inputs.
 //! 2. **Knows input shapes**: fixed dims come from the model, symbolic ones
-//!    from `whittle run --dim NAME=VALUE`, and any dim (unnamed ones too) from
+//!    from `whittle run --dim NAME=VALUE`, and any dim (unnamed ones too, and
+//!    the negative `dim_value` Paddle2ONNX writes for a dynamic batch) from
 //!    the `shapes` option.
 //! 3. **Folds constants** that conditions are made of: Constant, Identity,
 //!    Shape and Size (when the input's shape is proven), Gather, Equal,
@@ -206,7 +207,7 @@ impl Specialize {
                     && declared
                         .iter()
                         .zip(&dims)
-                        .all(|(d, &n)| d.as_known().is_none_or(|k| k == n));
+                        .all(|(d, &n)| fixed(d).is_none_or(|k| k == n));
                 if !fits {
                     return Err(bad(format!(
                         "a value of shape {dims:?} does not fit input {name:?} of type {}",
@@ -249,7 +250,7 @@ impl Specialize {
                     && declared
                         .iter()
                         .zip(dims)
-                        .all(|(d, &n)| d.as_known().is_none_or(|k| k == n as i64));
+                        .all(|(d, &n)| fixed(d).is_none_or(|k| k == n as i64));
                 if !fits {
                     return Err(PassError::Model(format!(
                         "shapes.{name}: {dims:?} does not fit input {name:?} of type {}",
@@ -274,7 +275,7 @@ impl Specialize {
                         .and_then(|dims| {
                             dims.iter()
                                 .map(|d| match &d.value {
-                                    DimValue::Known(n) => Some(*n),
+                                    DimValue::Known(_) => fixed(d),
                                     DimValue::Symbol(s) => ctx.dims.get(s).map(|&n| n as i64),
                                     DimValue::Unknown => None,
                                 })
@@ -286,6 +287,13 @@ impl Specialize {
         }
         Ok(out)
     }
+}
+
+/// A declared dim's fixed size. A negative `dim_value` is not one: it is
+/// how Paddle2ONNX marks a dynamic dim (PP-OCR's `x` is `[-1, 3, ?, ?]`),
+/// so it is treated like an unnamed dim.
+fn fixed(d: &Dim) -> Option<i64> {
+    d.as_known().filter(|&k| k >= 0)
 }
 
 /// Writes the input shapes used into the inputs' declared types: all
@@ -1461,7 +1469,7 @@ fn learn_shapes(
                         s.iter()
                             .enumerate()
                             .filter_map(|(k, d)| match &d.value {
-                                DimValue::Known(_) => None,
+                                DimValue::Known(_) if fixed(d).is_some() => None,
                                 DimValue::Symbol(s)
                                     if !s.is_empty() && !ctx.dims.contains_key(s) =>
                                 {
@@ -1767,6 +1775,51 @@ mod tests {
         };
         cfg.run(&mut m, &PassContext::default()).unwrap();
         assert_eq!(ops(&m.graph), ["Identity"]);
+    }
+
+    #[test]
+    fn a_negative_dim_value_is_dynamic_and_the_shapes_option_pins_it() {
+        // Paddle2ONNX (PP-OCR) declares a dynamic batch as `dim_value: -1`
+        // next to unnamed spatial dims: x is [-1, 4, ?].
+        let with_negative_batch = || {
+            let mut m = shape_model();
+            m.graph.inputs[0] = ValueInfo::new(
+                "x",
+                f32_type(vec![Dim::known(-1), Dim::known(4), Dim::symbol("?")]),
+            );
+            m
+        };
+        let mut m = with_negative_batch();
+        let cfg = Specialize {
+            shapes: [("x".to_string(), vec![1, 4, 5])].into(),
+            ..Specialize::default()
+        };
+        let r = cfg.run(&mut m, &PassContext::default()).unwrap();
+        assert_eq!(r.counters["ifs_inlined"], 1);
+        assert_eq!(ops(&m.graph), ["Constant", "Squeeze"]);
+        assert_eq!(
+            m.graph.inputs[0].ty.as_ref().unwrap().to_string(),
+            "f32[1,4,5]"
+        );
+        // The fixed dim is still checked.
+        let cfg = Specialize {
+            shapes: [("x".to_string(), vec![1, 3, 5])].into(),
+            ..Specialize::default()
+        };
+        let err = cfg
+            .run(&mut with_negative_batch(), &PassContext::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("shapes.x") && err.contains("does not fit"),
+            "{err}"
+        );
+        // Without `shapes` the -1 is a dim nobody gave.
+        let err = Specialize::default()
+            .run(&mut with_negative_batch(), &PassContext::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dim 0 (unnamed)"), "{err}");
     }
 
     #[test]

@@ -388,3 +388,191 @@ fn an_sqnr_target_is_met_and_its_final_line_equals_validate() {
     // Something was pruned.
     assert!(macs(&out) < macs(&input), "{stderr}");
 }
+
+/// A ResNeXt-style block, seeded: stem Conv 8 → 16 → BN → Relu, then
+/// [1x1 Conv → BN → Relu → 3x3 Conv (group 4) → BN → Relu → 1x1 Conv → BN]
+/// + skip → Add → Relu → GlobalAveragePool → Flatten → Gemm → `logits` [1, 10].
+fn resnext_block_model(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use whittle::ir::{Attribute, DataType, Dim, Graph, Model, Node, Tensor, TypeInfo, ValueInfo};
+    let mut seed = 23u64;
+    let mut rand = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((seed >> 33) as f64 / (1u64 << 31) as f64 - 0.5) as f32
+            })
+            .collect()
+    };
+    let mut g = Graph::new("resnext_block");
+    let dims = |d: &[i64]| d.iter().map(|&v| Dim::known(v)).collect::<Vec<_>>();
+    g.inputs.push(ValueInfo::new(
+        "x",
+        TypeInfo::tensor(DataType::Float, dims(&[1, 8, 8, 8])),
+    ));
+    g.outputs.push(ValueInfo::new(
+        "logits",
+        TypeInfo::tensor(DataType::Float, dims(&[1, 10])),
+    ));
+    let mut conv = |g: &mut Graph, name: &str, x: &str, cin: i64, cout: i64, k: i64, group: i64| {
+        let w = rand((cout * cin / group * k * k) as usize);
+        g.add_initializer(Tensor::from_f32(
+            format!("{name}.w"),
+            vec![cout, cin / group, k, k],
+            &w,
+        ));
+        let (s, b, m) = (
+            rand(cout as usize),
+            rand(cout as usize),
+            rand(cout as usize),
+        );
+        let s: Vec<f32> = s.iter().map(|v| 1.0 + v).collect();
+        let v: Vec<f32> = rand(cout as usize).iter().map(|v| 0.6 + v).collect();
+        for (p, vals) in [("s", &s), ("b", &b), ("m", &m), ("v", &v)] {
+            g.add_initializer(Tensor::from_f32(format!("{name}.bn.{p}"), vec![cout], vals));
+        }
+        let mut c = Node::new(
+            "Conv",
+            name,
+            vec![x.into(), format!("{name}.w")],
+            vec![format!("{name}.c")],
+        );
+        c.set_attr(Attribute::ints("pads", vec![k / 2; 4]));
+        c.set_attr(Attribute::int("group", group));
+        g.add_node(c);
+        let bn = |p: &str| format!("{name}.bn.{p}");
+        g.add_node(Node::new(
+            "BatchNormalization",
+            format!("{name}.bn"),
+            vec![format!("{name}.c"), bn("s"), bn("b"), bn("m"), bn("v")],
+            vec![format!("{name}.y")],
+        ));
+        format!("{name}.y")
+    };
+    let relu = |g: &mut Graph, x: &str| {
+        g.add_node(Node::new(
+            "Relu",
+            format!("{x}.relu"),
+            vec![x.into()],
+            vec![format!("{x}.r")],
+        ));
+        format!("{x}.r")
+    };
+    let stem = conv(&mut g, "stem", "x", 8, 16, 3, 1);
+    let stem = relu(&mut g, &stem);
+    let a = conv(&mut g, "reduce", &stem, 16, 16, 1, 1);
+    let a = relu(&mut g, &a);
+    let a = conv(&mut g, "grouped", &a, 16, 16, 3, 4);
+    let a = relu(&mut g, &a);
+    let a = conv(&mut g, "expand", &a, 16, 16, 1, 1);
+    g.add_node(Node::new("Add", "add", vec![a, stem], vec!["sum".into()]));
+    let s = relu(&mut g, "sum");
+    g.add_node(Node::new(
+        "GlobalAveragePool",
+        "gap",
+        vec![s],
+        vec!["gap".into()],
+    ));
+    g.add_node(Node::new(
+        "Flatten",
+        "flat",
+        vec!["gap".into()],
+        vec!["flat".into()],
+    ));
+    g.add_initializer(Tensor::from_f32("fc.w", vec![10, 16], &rand(160)));
+    g.add_initializer(Tensor::from_f32("fc.b", vec![10], &rand(10)));
+    let mut fc = Node::new(
+        "Gemm",
+        "fc",
+        vec!["flat".into(), "fc.w".into(), "fc.b".into()],
+        vec!["logits".into()],
+    );
+    fc.set_attr(Attribute::int("transB", 1));
+    g.add_node(fc);
+    let model_path = dir.join("resnext.onnx");
+    whittle::onnx::save(&Model::new(g, 17), &model_path, &Default::default()).unwrap();
+    let data: Vec<f32> = rand(4 * 8 * 64).iter().map(|v| 2.0 * v).collect();
+    let data_path = dir.join("resnext.npz");
+    common::write_npz(
+        &data_path,
+        &[(
+            "x".into(),
+            whittle::data::Array::from_f32(vec![4, 1, 8, 8, 8], &data),
+        )],
+    );
+    (model_path, data_path)
+}
+
+#[test]
+fn grouped_convs_in_a_residual_block_prune_and_keep_their_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, data) = resnext_block_model(tmp.path());
+    let pipeline = write_pipeline(tmp.path(), "p", "      target: { macs: 0.7 }");
+    let out = tmp.path().join("pruned.onnx");
+    let (ok, stdout, stderr) = run(&pipeline, &input, &out, "1");
+    assert!(ok, "{stdout}\n{stderr}");
+    // The grouped Conv's input and output channels both shrink, by as many
+    // in each of its 4 groups, and it keeps `group` 4; the report says so.
+    assert!(
+        stderr.contains("grouped Conv grouped: group 4 kept"),
+        "{stderr}"
+    );
+    let pruned = whittle::onnx::load(&out).unwrap();
+    let node = |name: &str| {
+        pruned
+            .graph
+            .nodes()
+            .find(|(_, n)| n.name() == name)
+            .map(|(_, n)| n.clone())
+            .unwrap()
+    };
+    let gc = node("grouped");
+    assert_eq!(gc.attr_int("group"), Some(4));
+    let w = pruned
+        .graph
+        .initializer(&gc.inputs[1])
+        .unwrap()
+        .dims
+        .clone();
+    assert!(w[0] < 16 && w[1] < 4 && w[0] % 4 == 0, "{w:?}");
+    let reduce = pruned.graph.initializer("reduce.w").unwrap().dims.clone();
+    assert_eq!(reduce[0], 4 * w[1], "{reduce:?} vs {w:?}");
+    let expand = pruned.graph.initializer("expand.w").unwrap().dims.clone();
+    assert_eq!(expand[1], w[0], "{expand:?} vs {w:?}");
+    let (before, after) = (macs(&input) as f64, macs(&out) as f64);
+    assert!(after <= 0.75 * before, "{after} / {before}\n{stderr}");
+    // tract equals onnxruntime on the pruned model; onnx.checker (full) passes
+    // and onnxruntime gives the original output shapes.
+    let tract = common::tract_outputs(&out, &data);
+    let list = tmp.path().join("ort.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "{}\t{}\t{}\n",
+            out.display(),
+            data.display(),
+            tract.display()
+        ),
+    )
+    .unwrap();
+    let check = common::run_python("ort_check.py", &[&list]);
+    let (so, se) = common::text(&check);
+    assert!(check.status.success(), "{so}\n{se}");
+    assert!(so.contains("ort: 1 passed, 0 failed"), "{so}");
+    let list = tmp.path().join("prune.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "{}\t{}\t{}\n",
+            input.display(),
+            out.display(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    let check = common::run_python("prune_check.py", &[&list]);
+    let (so, se) = common::text(&check);
+    assert!(check.status.success(), "{so}\n{se}");
+    assert!(so.contains("prune: 1 passed, 0 failed"), "{so}");
+}

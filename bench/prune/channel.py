@@ -15,7 +15,8 @@ reports), and prints the output SQNR against the original and top-1 against the 
 test inputs (onnxruntime).
 
 Models: the trained fixtures (fixtures/trained/: digits_cnn, digits_transformer, bert_tiny,
-yolo_tiny) and PP-OCR det/cls/rec (fetched by bench/quantize/fetch.py into
+yolo_tiny), `resnext_tiny` (with `--models`: a seeded, untrained ResNeXt-style CNN with grouped
+Convs that the bench exports with PyTorch; SQNR only) and PP-OCR det/cls/rec (fetched by bench/quantize/fetch.py into
 bench/quantize/build/models/). For each model whittle prunes to `target: { macs: M }`
 (default importance l2, no data); then, on the pruned file: `onnx.checker` with full shape inference,
 onnxruntime runs original and pruned on the model's test inputs (1 thread) with equal output
@@ -49,6 +50,46 @@ PPOCR_DIMS = {
 }
 
 
+# Built by the bench itself (seeded PyTorch export, untrained): name -> input shape.
+BUILT = {"resnext_tiny": [1, 3, 32, 32]}
+
+
+def build_resnext_tiny(path):
+    """A ResNeXt-style CNN (grouped 3x3 Convs, group 4, in two bottleneck residual blocks),
+    seeded and untrained, written by PyTorch's TorchScript exporter with its BatchNormalizations."""
+    import torch  # noqa: PLC0415
+    from torch import nn  # noqa: PLC0415
+
+    torch.manual_seed(0)
+
+    class Block(nn.Module):
+        def __init__(self, c, w, g):
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(c, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+                nn.Conv2d(w, w, 3, padding=1, groups=g, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+                nn.Conv2d(w, c, 1, bias=False), nn.BatchNorm2d(c),
+            )  # fmt: skip
+
+        def forward(self, x):
+            return torch.relu(x + self.body(x))
+
+    m = nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+        Block(64, 64, 4), Block(64, 64, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )  # fmt: skip
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            nn.init.uniform_(mod.weight, 0.5, 1.5)
+            nn.init.uniform_(mod.bias, -0.2, 0.2)
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 1.5)
+    m.eval()
+    x = torch.randn(*BUILT["resnext_tiny"])
+    torch.onnx.export(m, (x,), str(path), dynamo=False, input_names=["x"], output_names=["logits"], opset_version=17)
+    return path
+
+
 def session(path):
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -66,7 +107,7 @@ def samples_of(name, model_path, limit):
         return [{k: z[k][i] for k in z.files} for i in range(n)]
     rng = np.random.default_rng(0)
     sess = session(model_path)
-    shape = PPOCR_DIMS[name]["shape"]
+    shape = BUILT[name] if name in BUILT else PPOCR_DIMS[name]["shape"]
     return [{sess.get_inputs()[0].name: rng.standard_normal(shape).astype(np.float32)} for _ in range(limit)]
 
 
@@ -234,7 +275,9 @@ def main():
     rows = []
     for name in args.models:
         path = TRAINED / f"{name}.onnx"
-        if not path.is_file():
+        if name in BUILT:
+            path = build_resnext_tiny(work / f"{name}.onnx")
+        elif not path.is_file():
             from fetch import fetch  # noqa: PLC0415
 
             path = fetch(name, FETCHED, FETCHED.parent / "wheels", log=lambda *_: None)

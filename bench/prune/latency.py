@@ -4,7 +4,7 @@
 Run from the repository root with the export venv, after `cargo build`:
 
     .venv-export/bin/python bench/prune/latency.py [--whittle target/debug/whittle] [--macs 0.7] \
-        [--round-to 1 8] [--rounds 15] [--runs 20] [--models digits_cnn yolo_tiny ppocr_det ppocr_rec digits_transformer bert_tiny]
+        [--round-to 1 8] [--rounds 15] [--runs 20] [--models digits_cnn yolo_tiny ppocr_det ppocr_cls ppocr_rec digits_transformer bert_tiny]
 
 Models, inputs and the `specialize` shapes of PP-OCR are channel.py's (its helpers are imported,
 not copied); for PP-OCR the "before" model is the specialized one (whittle `specialize` alone),
@@ -40,14 +40,16 @@ from ort_timing import timed  # noqa: E402  (bench/ort_timing.py)
 import channel  # bench/prune/channel.py: models, inputs, the PP-OCR prelude, onnxruntime session
 
 PROFILES = itertools.count()
-MODELS = ["digits_cnn", "yolo_tiny", "ppocr_det", "ppocr_rec", "digits_transformer", "bert_tiny"]
+MODELS = ["digits_cnn", "yolo_tiny", "ppocr_det", "ppocr_cls", "ppocr_rec", "digits_transformer", "bert_tiny"]
 
 
 def load():
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def model_path(name):
+def model_path(name, work):
+    if name in channel.BUILT:
+        return channel.build_resnext_tiny(work / f"{name}.onnx")
     path = channel.TRAINED / f"{name}.onnx"
     if path.is_file():
         return path
@@ -142,7 +144,7 @@ def main():
     print(f"target: {{ macs: {args.macs} }}, importance l1; onnxruntime {ort.__version__}, 1 thread; load average before: {load()}\n")
     rows, notes = [], []
     for name in args.models:
-        path = model_path(name)
+        path = model_path(name, work)
         feed = channel.samples_of(name, path, 1)[0]
         if name in channel.PPOCR_DIMS:
             # The baseline is the prelude's output (specialize alone): only pruning differs.

@@ -16,7 +16,9 @@ whittle `specialize` first so both tools get the same fixed-shape model, with 32
 graph optimizations off) then runs the original and every pruned model on the held-out
 test inputs (`<model>.test.npz`). Printed per row: the share of zeros over the weights the
 tool pruned, the output SQNR of the logits against the original model's (dB, over all
-test samples), and top-1 accuracy against the test labels (`<model>.labels.npz`).
+test samples), and top-1 accuracy against the test labels (`<model>.labels.npz`). At 50%
+whittle's Wanda runs twice: with its default comparison group (the layer) and with
+`comparison: output` (each output row, the paper's LLM setting; onnxsim's Wanda is per row).
 """
 
 import argparse
@@ -41,6 +43,8 @@ SETTINGS = {
     "2:4": ('granularity: "n:m"\n      pattern: "2:4"', dict(n=2, m=4)),
 }
 METHODS = ["magnitude", "wanda", "sparsegpt"]
+# whittle only, unstructured only: Wanda compared within each output row (the default is per layer).
+WANDA_OUTPUT = "wanda (comparison: output)"
 
 
 def run_ort(path, inputs):
@@ -74,7 +78,8 @@ def sparsity(path):
 
 def whittle(binary, model, calib, setting, method, out):
     cfg = out.with_suffix(".yaml")
-    cfg.write_text(f"version: 1\npasses:\n  - prune:\n      {setting}\n      method: {method}\n")
+    options = "method: wanda\n      comparison: output" if method == WANDA_OUTPUT else f"method: {method}"
+    cfg.write_text(f"version: 1\npasses:\n  - prune:\n      {setting}\n      {options}\n")
     t = time.perf_counter()
     subprocess.run(
         [binary, "run", str(cfg), "--input", str(model), "--output", str(out), "--data", str(calib)],
@@ -144,8 +149,10 @@ def main():
         rows.append((name, "-", "original", "-", 0.0, float("inf"), top1(ref), 0.0))
         for setting, (yaml, kwargs) in SETTINGS.items():
             for tool in args.tools:
-                for method in METHODS:
-                    p = out / f"{name}.{setting.replace(':', '-').replace('%', 'pct')}.{tool}.{method}.onnx"
+                extra = [WANDA_OUTPUT] if tool == "whittle" and setting == "50%" else []
+                for method in METHODS[:2] + extra + METHODS[2:]:
+                    tag = method.split(" ")[0] + ("-output" if method == WANDA_OUTPUT else "")
+                    p = out / f"{name}.{setting.replace(':', '-').replace('%', 'pct')}.{tool}.{tag}.onnx"
                     try:
                         if tool == "whittle":
                             secs = whittle(args.whittle, model, calib, yaml, method, p)

@@ -3,7 +3,15 @@ the masks recomputed in numpy on the same weights and calibration data, per laye
 
 Run from the repository root with the export venv (no whittle run needed):
 
-    .venv-export/bin/python bench/prune/wanda_layers.py [--model digits_cnn] [--sparsity 0.5]
+    .venv-export/bin/python bench/prune/wanda_layers.py [--model digits_cnn] [--sparsity 0.5] \
+        [--score-on test|calib] [--pattern 2:4]
+
+`--score-on calib` scores the SQNR on the calibration inputs instead of the held-out ones (what
+a default is chosen on: never the test set). `--pattern N:M` prunes N:M instead (M − N zeros in
+every M consecutive input channels at each kernel position, whittle's order; layers whose
+C/g is not a multiple of M are skipped, as whittle leaves them whole): one comparison group
+only (the M weights), so the table has magnitude and Wanda, and the spread of ‖X_j‖ *inside*
+the groups (median over groups of max/min), which is all Wanda can use there.
 
 Scores, as whittle's `prune` (passes/prune/sparse.rs) defines them: magnitude `|W_ij|`, Wanda
 `|W_ij|·‖X_j‖` with `‖X_j‖² = Σ x_j²` over the layer's input rows on the calibration inputs
@@ -62,11 +70,38 @@ def mask(scores, sparsity, group):
     return keep
 
 
+def nm_groups(node, w, m):
+    """Index groups (into the row view) of M consecutive input channels at each kernel position."""
+    if node.op_type == "Conv":
+        c, kk = w.shape[1], int(np.prod(w.shape[2:]))
+        if c % m:
+            return None
+        return [[ci * kk + t for ci in range(c0, c0 + m)] for t in range(kk) for c0 in range(0, c, m)]
+    k = weight_rows(node, w).shape[1]
+    if k % m:
+        return None
+    return [list(range(k0, k0 + m)) for k0 in range(0, k, m)]
+
+
+def nm_mask(scores, groups, n, m):
+    keep = np.ones_like(scores, dtype=bool)
+    for grp in groups:
+        idx = np.array(grp)
+        low = np.argsort(scores[:, idx], axis=1, kind="stable")[:, : m - n]
+        for r in range(scores.shape[0]):
+            keep[r, idx[low[r]]] = False
+    return keep
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="digits_cnn")
     ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--score-on", choices=["test", "calib"], default="test")
+    ap.add_argument("--pattern", default=None, help="N:M instead of unstructured")
     args = ap.parse_args()
+    pattern = tuple(int(v) for v in args.pattern.split(":")) if args.pattern else None
+    methods = [("magnitude", "N:M group"), ("wanda", "N:M group")] if pattern else METHODS
     base = ROOT / "fixtures" / "trained" / args.model
     path = base.with_suffix(".onnx")
     calib, test = samples(f"{base}.calib.npz"), samples(f"{base}.test.npz")
@@ -83,7 +118,10 @@ def main():
         for n in layers:
             x = rows_of(n, outs[n.input[0]])
             norms[n.name] = norms[n.name] + (x * x).sum(0)
-    ref = [session(path).run(None, f) for f in test]
+    scored = calib if args.score_on == "calib" else test
+    ref = [session(path).run(None, f) for f in scored]
+    if pattern:
+        layers = [n for n in layers if nm_groups(n, numpy_helper.to_array(inits[n.input[1]]), pattern[1])]
 
     def pruned(which, method, group):
         m = onnx.ModelProto()
@@ -95,10 +133,14 @@ def main():
             w = numpy_helper.to_array(mi[n.input[1]])
             rows = weight_rows(n, w).astype(np.float64)
             score = np.abs(rows) * (np.sqrt(norms[n.name])[None, :] if method == "wanda" else 1.0)
-            rows = np.where(mask(score, args.sparsity, group), rows, 0.0)
+            if pattern:
+                keep = nm_mask(score, nm_groups(n, w, pattern[1]), *pattern)
+            else:
+                keep = mask(score, args.sparsity, group)
+            rows = np.where(keep, rows, 0.0)
             mi[n.input[1]].CopyFrom(numpy_helper.from_array(back(n, rows, w.shape).astype(np.float32), n.input[1]))
         sess = session_of(m)
-        return sqnr(ref, [sess.run(None, f) for f in test])
+        return sqnr(ref, [sess.run(None, f) for f in scored])
 
     def session_of(m):
         import onnxruntime as ort  # noqa: PLC0415
@@ -108,19 +150,28 @@ def main():
         o.log_severity_level = 3
         return ort.InferenceSession(m.SerializeToString(), o, providers=["CPUExecutionProvider"])
 
-    heads = " | ".join(f"{m} per {grp}" for m, grp in METHODS)
-    print(f"{args.model}, {100 * args.sparsity:.0f}% unstructured; output SQNR (dB) vs the original, onnxruntime, {len(test)} held-out inputs\n")
-    print(f"| layer pruned | weight | ‖X_j‖ spread (max/min over j) | {heads} |")
-    print("|---|---|---|" + "---|" * len(METHODS))
+    heads = " | ".join(f"{m} per {grp}" for m, grp in methods)
+    what = f"{args.pattern}" if pattern else f"{100 * args.sparsity:.0f}% unstructured"
+    where = "calibration" if args.score_on == "calib" else "held-out"
+    print(f"{args.model}, {what}; output SQNR (dB) vs the original, onnxruntime, {len(scored)} {where} inputs\n")
+    extra = " ‖X_j‖ spread inside the groups (median max/min) |" if pattern else ""
+    print(f"| layer pruned | weight | ‖X_j‖ spread (max/min over j) |{extra} {heads} |")
+    print("|---|---|---|" + ("---|" if pattern else "") + "---|" * len(methods))
     for n in layers:
+        w = numpy_helper.to_array(inits[n.input[1]])
         nz = np.sqrt(norms[n.name])
         spread = nz.max() / max(nz.min(), 1e-30)
-        cells = " | ".join(f"{pruned({n.name}, m, grp):.2f}" for m, grp in METHODS)
-        print(f"| {n.name} | {list(numpy_helper.to_array(inits[n.input[1]]).shape)} | {spread:.3g} | {cells} |")
+        inside = ""
+        if pattern:
+            sp = [nz[g].max() / max(nz[g].min(), 1e-30) for g in nm_groups(n, w, pattern[1])]
+            inside = f" {np.median(sp):.3g} |"
+        cells = " | ".join(f"{pruned({n.name}, m, grp):.2f}" for m, grp in methods)
+        print(f"| {n.name} | {list(w.shape)} | {spread:.3g} |{inside} {cells} |")
     every = {n.name for n in layers}
-    print(f"| all | | | " + " | ".join(f"{pruned(every, m, grp):.2f}" for m, grp in METHODS) + " |")
+    pad = " |" if pattern else ""
+    print(f"| all | | |{pad} " + " | ".join(f"{pruned(every, m, grp):.2f}" for m, grp in methods) + " |")
     rest = every - {layers[0].name}
-    print(f"| all but {layers[0].name} | | | " + " | ".join(f"{pruned(rest, m, grp):.2f}" for m, grp in METHODS) + " |")
+    print(f"| all but {layers[0].name} | | |{pad} " + " | ".join(f"{pruned(rest, m, grp):.2f}" for m, grp in methods) + " |")
     # BatchNormalization after each Conv: the per-row output scale |γ|/√(var+ε).
     consumers = {}
     for n in g.node:

@@ -261,12 +261,15 @@ fn importance(
 }
 
 /// Channels a group keeps when `want` are asked for: at least `min_channels`,
-/// and a multiple of `round_to` elements in its widest tensor axis.
+/// and a multiple of `round_to` elements in its widest tensor axis — for a
+/// grouped Conv's channels, a multiple of `round_to` per group (the count is
+/// the per-group width; onnxruntime's blocked NCHWc Conv needs it).
 pub(super) fn bounded_keep(cfg: &Prune, group: &Group, want: usize) -> usize {
     let n = group.channels.len();
     let unit = group
         .channels
         .first()
+        .filter(|_| !group.grouped)
         .map(|c| {
             let mut per: BTreeMap<usize, usize> = BTreeMap::new();
             for (d, _) in &c.elements {
@@ -610,7 +613,17 @@ pub fn apply(model: &mut Model, plan: &Plan) -> Result<usize, PassError> {
             continue;
         }
         match n.op_type() {
-            "Conv" if n.attr_int("group").unwrap_or(1) > 1 => {
+            // Depthwise: `group` follows the channels. Grouped (group < C_in):
+            // every group lost as many channels, `group` stays.
+            "Conv"
+                if n.attr_int("group").unwrap_or(1) > 1
+                    && plan
+                        .shapes
+                        .get(&n.inputs[0])
+                        .and_then(|s| s.get(1))
+                        .copied()
+                        == n.attr_int("group") =>
+            {
                 let cin = shape(&n.inputs[0])
                     .and_then(|s| s.get(1).copied())
                     .unwrap_or(0);
@@ -805,6 +818,7 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
     // (inspect's own propagation does not follow every op a model has).
     let (macs0, _) = cost(g, &plan, &vec![Vec::new(); plan.removed.len()]);
     let (macs1, _) = cost(g, &plan, &plan.removed);
+    let grouped = grouped_notes(g, &plan);
     // MACs in compute nodes that read or produce a prunable group.
     let mut prunable_nodes: BTreeSet<String> = BTreeSet::new();
     let mut rows = Vec::new();
@@ -856,12 +870,19 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
                     .fold(0.0, f64::max);
                 detail["importance_kept_min"] = serde_json::json!(round6(kept_min));
                 detail["importance_removed_max"] = serde_json::json!(round6(gone_max));
-                rows.push(format!(
-                    "  {:<28} {:>5} → {:<5}",
-                    group_name(grp),
-                    n,
-                    n - removed
-                ));
+                let notes: Vec<&String> = grp
+                    .producers
+                    .iter()
+                    .chain(&grp.consumers)
+                    .filter_map(|p| grouped.get(p))
+                    .collect();
+                let mut row = format!("  {:<28} {:>5} → {:<5}", group_name(grp), n, n - removed);
+                if removed > 0 && !notes.is_empty() {
+                    detail["grouped_convs"] = serde_json::json!(notes);
+                    let joined: Vec<&str> = notes.iter().map(|s| s.as_str()).collect();
+                    row.push_str(&format!(" ({})", joined.join("; ")));
+                }
+                rows.push(row);
             }
         }
         report.count("groups", 1);
@@ -922,6 +943,46 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
     report.summary.push(summary);
     report.summary.extend(last_line);
     Ok(report)
+}
+
+/// Per grouped (not depthwise) Conv whose channels change: what happens to
+/// its `group` and its per-group widths.
+fn grouped_notes(g: &Graph, plan: &Plan) -> BTreeMap<String, String> {
+    let counts = removed_counts(&plan.analysis, &plan.removed);
+    let mut out = BTreeMap::new();
+    for (_, n) in g.nodes() {
+        let group = n.attr_int("group").unwrap_or(1);
+        let cin = plan
+            .shapes
+            .get(&n.inputs[0])
+            .and_then(|s| s.get(1))
+            .copied();
+        if n.op_type() != "Conv" || group <= 1 || cin == Some(group) {
+            continue;
+        }
+        let Some(w) = n.inputs.get(1) else { continue };
+        let (Some(before), Some(after)) = (
+            plan.shapes.get(w),
+            new_shape(&plan.analysis, &plan.shapes, &counts, w),
+        ) else {
+            continue;
+        };
+        if before == &after || before.len() < 2 {
+            continue;
+        }
+        out.insert(
+            n.name().to_string(),
+            format!(
+                "grouped Conv {}: group {group} kept, per group {} → {} inputs, {} → {} outputs",
+                n.name(),
+                before[1],
+                after[1],
+                before[0] / group,
+                after[0] / group
+            ),
+        );
+    }
+    out
 }
 
 fn round6(x: f64) -> f64 {
@@ -1197,6 +1258,87 @@ pub(crate) mod tests {
             .1
             .clone();
         assert_eq!(dw.attr_int("group"), Some(4));
+    }
+
+    #[test]
+    fn grouped_convs_lose_the_same_channels_in_every_group_and_keep_group() {
+        let mut m = crate::passes::prune::groups::tests::grouped_block();
+        // Position 1 is dead: pw's filters 1 and 5 (weights, bias) and the
+        // grouped weight's column 1 are zero, so it is removed first and the
+        // outputs do not change.
+        for c in [1, 5] {
+            zero_channel(&mut m, "pw.w", c);
+            zero_channel(&mut m, "pw.b", c);
+        }
+        let w = m.graph.initializer("gc.w").unwrap().clone();
+        let mut v = w.to_f32().unwrap();
+        for (k, x) in v.iter_mut().enumerate() {
+            if (k / 9) % 4 == 1 {
+                *x = 0.0;
+            }
+        }
+        m.graph
+            .replace_initializer(Tensor::from_f32("gc.w", w.dims.clone(), &v));
+        // Only the input side: the grouped Conv's own outputs stay.
+        let (out, rep) = prune(
+            &m,
+            serde_json::json!({"ratio": 0.25, "include_nodes": ["pw"]}),
+        );
+        assert_eq!(dims(&out, "pw.w"), [6, 3, 1, 1]);
+        assert_eq!(dims(&out, "pw.b"), [6]);
+        assert_eq!(dims(&out, "gc.w"), [8, 3, 3, 3]);
+        let gc = |m: &Model| {
+            m.graph
+                .nodes()
+                .find(|(_, n)| n.name() == "gc")
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert_eq!(gc(&out).attr_int("group"), Some(2));
+        // Kept: pw filters 0, 2, 3 | 4, 6, 7 and the columns 0, 2, 3 of each group.
+        let (p0, p1) = (
+            m.graph.initializer("pw.w").unwrap().to_f32().unwrap(),
+            out.graph.initializer("pw.w").unwrap().to_f32().unwrap(),
+        );
+        let kept: Vec<f32> = [0, 2, 3, 4, 6, 7]
+            .iter()
+            .flat_map(|&c| p0[c * 3..c * 3 + 3].to_vec())
+            .collect();
+        assert_eq!(p1, kept);
+        let (g0, g1) = (v, out.graph.initializer("gc.w").unwrap().to_f32().unwrap());
+        let kept: Vec<f32> = (0..8)
+            .flat_map(|o| [0, 2, 3].map(|j| (o, j)))
+            .flat_map(|(o, j)| g0[(o * 4 + j) * 9..(o * 4 + j + 1) * 9].to_vec())
+            .collect();
+        assert_eq!(g1, kept);
+        let x = input(&m);
+        let (a, o) = (
+            run_model(&m, &x)[0].to_f64(),
+            run_model(&out, &x)[0].to_f64(),
+        );
+        for (p, q) in a.iter().zip(&o) {
+            assert!((p - q).abs() < 1e-5, "{p} {q}");
+        }
+        // Both sides: the grouped Conv's outputs lose a position of each group too.
+        let (out, rep2) = prune(&m, serde_json::json!({"ratio": 0.5}));
+        assert_eq!(dims(&out, "gc.w"), [4, 2, 3, 3]);
+        assert_eq!(dims(&out, "gc.b"), [4]);
+        assert_eq!(dims(&out, "head.w"), [4, 4, 1, 1]);
+        assert_eq!(gc(&out).attr_int("group"), Some(2));
+        assert!(rep2.counters["macs_after"] < rep2.counters["macs_before"]);
+        let note = rep2.summary.join("\n");
+        assert!(
+            note.contains("grouped Conv gc: group 2 kept, per group 4 → 2 inputs, 4 → 2 outputs"),
+            "{note}"
+        );
+        assert!(rep.details.iter().any(|d| d["grouped_convs"].is_array()));
+        // round_to counts per group: ratio 0.25 asks for 3 of 4 per group, whose
+        // 6 channels in all are a multiple of 2, but 3 per group is not: 4 stay.
+        let (out, _) = prune(&m, serde_json::json!({"ratio": 0.25}));
+        assert_eq!(dims(&out, "gc.w"), [6, 3, 3, 3]);
+        let (out, _) = prune(&m, serde_json::json!({"ratio": 0.25, "round_to": 2}));
+        assert_eq!(dims(&out, "gc.w"), [8, 4, 3, 3]);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! Nothing is guessed: an axis that reaches a graph input or output, an op
 //! without a rule, a rule's precondition that fails (a Reshape whose shape
 //! entry for the shrinking axis is computed, a `Shape` whose size of the axis
-//! is read, a Pad that pads channels, a grouped Conv) *blocks* the axis, and
+//! is read, a Pad that pads channels, a grouped ConvTranspose) *blocks* the axis, and
 //! every group touching a blocked axis is left whole with the node and reason.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -58,6 +58,9 @@ pub struct Group {
     pub consumers: Vec<String>,
     /// Why the group must stay whole: (node label, reason).
     pub blocked: Option<(String, String)>,
+    /// Whether it holds the input or output channels of a grouped Conv
+    /// (1 < group < C_in): its channel count is then a per-group width.
+    pub grouped: bool,
 }
 
 /// The result of the analysis.
@@ -263,10 +266,19 @@ pub fn analyze(g: &Graph, shapes: &Shapes, sources: &[NodeId]) -> Analysis {
         channels.sort_by(|x, y| x.elements.cmp(&y.elements));
         let mut producers: Vec<(usize, String)> = Vec::new();
         let mut consumers: Vec<(usize, String)> = Vec::new();
+        let mut grouped = false;
         for &d in &dims {
             let dim = &a.dims[d];
             for u in g.uses(&dim.tensor) {
                 let n = g.node(u.node);
+                if n.op_type() == "Conv" && u.slot == 1 {
+                    let group = n.attr_int("group").unwrap_or(1);
+                    let cin = n
+                        .inputs
+                        .first()
+                        .and_then(|x| shapes.get(x)?.get(1).copied());
+                    grouped |= group > 1 && cin != Some(group);
+                }
                 let pos = position.get(&u.node).copied().unwrap_or(usize::MAX);
                 if let Some(role) = weight_role(g, n, u.slot, dim.axis, shapes) {
                     let list = if role { &mut producers } else { &mut consumers };
@@ -288,6 +300,7 @@ pub fn analyze(g: &Graph, shapes: &Shapes, sources: &[NodeId]) -> Analysis {
                 producers: producers.into_iter().map(|p| p.1).collect(),
                 consumers: consumers.into_iter().map(|p| p.1).collect(),
                 blocked: block,
+                grouped,
             },
         ));
     }
@@ -503,11 +516,35 @@ pub fn couple(
             let cout = size_of(&out0, 1)?;
             let depthwise =
                 !transpose && group > 1 && group as usize == cin && ws.get(1) == Some(&1);
-            if group != 1 && !depthwise {
+            // Grouped (1 < group < C_in): output channel o belongs to group
+            // o / (C_out/g) and reads input channels k·(C_in/g).. of its group k.
+            // Pruning keeps `group`: position p of every group goes together
+            // (input side: X channels p, p + C_in/g, ...; output side: Y
+            // channels p, p + C_out/g, ...), so every group loses as many.
+            let g_us = usize::try_from(group).unwrap_or(0);
+            let grouped = !transpose
+                && group > 1
+                && !depthwise
+                && cin >= g_us
+                && cout >= g_us
+                && cin % g_us == 0
+                && cout % g_us == 0
+                && ws.get(1).copied() == Some((cin / g_us) as i64);
+            if group != 1 && !depthwise && !grouped {
                 return Err(format!(
                     "grouped {op} (group {group} of {cin} input channels) has no pruning rule"
                 ));
             }
+            let g_n = if grouped { g_us } else { 1 };
+            let (ipg, opg) = (cin / g_n, cout / g_n);
+            // Output channel o with the same position in every group.
+            let out_pairs: Pairs = if grouped {
+                (0..cout)
+                    .flat_map(|o| (0..g_n).map(move |k| (o, o % opg + k * opg)))
+                    .collect()
+            } else {
+                same(cout)
+            };
             let is_axis = |want: usize| {
                 if axis == want {
                     Ok(())
@@ -519,7 +556,7 @@ pub fn couple(
             // Output side: Y[1], W[w_out], B[0]; depthwise also X[1] (o / mult).
             let out_side = |skip: Option<&str>| {
                 let mut l = vec![];
-                let pairs = same(cout);
+                let pairs = out_pairs.clone();
                 for (t, a) in [(out0.as_str(), 1), (w.as_str(), w_out)] {
                     if Some(t) != skip {
                         l.push(link(t, a, pairs.clone()));
@@ -545,7 +582,13 @@ pub fn couple(
                     Ok(out_side(b.as_deref()))
                 }
                 Slot::In(1) if axis == w_out => Ok(out_side(Some(w.as_str()))),
-                Slot::In(1) if axis == w_in && !depthwise => Ok(vec![link(&x, 1, same(cin))]),
+                Slot::In(1) if axis == w_in && !depthwise => {
+                    // Weight column j is input channel j of every group.
+                    let pairs = (0..ipg)
+                        .flat_map(|j| (0..g_n).map(move |k| (j, j + k * ipg)))
+                        .collect();
+                    Ok(vec![link(&x, 1, pairs)])
+                }
                 Slot::In(0) => {
                     is_axis(1)?;
                     if depthwise {
@@ -558,7 +601,11 @@ pub fn couple(
                             })
                             .collect())
                     } else {
-                        Ok(vec![link(&w, w_in, same(cin))])
+                        Ok(vec![link(
+                            &w,
+                            w_in,
+                            (0..cin).map(|c| (c, c % ipg)).collect(),
+                        )])
                     }
                 }
                 _ => Err(format!("{op} mixes axis {axis} of this tensor")),
@@ -1093,8 +1140,100 @@ fn reshape_links(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::ir::Attribute;
+    use crate::passes::prune::channel::tests::B;
+
+    /// pw (3 → 8) → Relu → grouped 3x3 (8 → 8, group 2) → Relu → head (8 → 4).
+    pub fn grouped_block() -> crate::ir::Model {
+        let mut b = B::new(&[1, 3, 6, 6]);
+        let pw = b.conv("pw", "x", 3, 8, 1);
+        let r0 = b.node("Relu", "r0", &[&pw], vec![]);
+        let w = b.weight("gc.w", &[8, 4, 3, 3]);
+        let bias = b.weight("gc.b", &[8]);
+        let gc = b.node(
+            "Conv",
+            "gc",
+            &[&r0, &w, &bias],
+            vec![
+                Attribute::int("group", 2),
+                Attribute::ints("pads", vec![1, 1, 1, 1]),
+            ],
+        );
+        let r1 = b.node("Relu", "r1", &[&gc], vec![]);
+        let y = b.conv("head", &r1, 8, 4, 1);
+        b.finish(&y)
+    }
+
+    #[test]
+    fn grouped_conv_couples_the_same_position_of_every_group() {
+        let m = grouped_block();
+        let g = &m.graph;
+        let shapes = crate::passes::prune::channel::shapes(&m, &Default::default()).unwrap();
+        let a = analyze(g, &shapes, &g.node_ids());
+        let elements = |grp: &Group, tensor: &str, axis: usize| -> Vec<Vec<usize>> {
+            let d = a.dim(tensor, axis).unwrap();
+            grp.channels
+                .iter()
+                .map(|c| {
+                    c.elements
+                        .iter()
+                        .filter(|e| e.0 == d)
+                        .map(|e| e.1)
+                        .collect()
+                })
+                .collect()
+        };
+        // Input side: pw's filter p goes with p + 4 (the same position of the
+        // other group) and with column p of the grouped weight.
+        let pw = a.groups.iter().find(|x| x.producers == ["pw"]).unwrap();
+        assert!(pw.blocked.is_none(), "{:?}", pw.blocked);
+        assert_eq!(pw.consumers, ["gc"]);
+        assert_eq!(
+            elements(pw, "pw_out", 1),
+            [vec![0, 4], vec![1, 5], vec![2, 6], vec![3, 7]]
+        );
+        assert_eq!(
+            elements(pw, "gc.w", 1),
+            [vec![0], vec![1], vec![2], vec![3]]
+        );
+        // Output side: output p of group 0 goes with p + 4 of group 1, in the
+        // weight rows, the bias and the head's columns.
+        let gc = a.groups.iter().find(|x| x.producers == ["gc"]).unwrap();
+        assert!(gc.blocked.is_none(), "{:?}", gc.blocked);
+        assert_eq!(gc.consumers, ["head"]);
+        for (t, ax) in [("gc_out", 1), ("gc.w", 0), ("gc.b", 0), ("head.w", 1)] {
+            assert_eq!(
+                elements(gc, t, ax),
+                [vec![0, 4], vec![1, 5], vec![2, 6], vec![3, 7]],
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn grouped_conv_transpose_is_still_refused() {
+        let mut b = B::new(&[1, 4, 6, 6]);
+        let pw = b.conv("pw", "x", 4, 4, 1);
+        let w = b.weight("ct.w", &[4, 2, 3, 3]);
+        let ct = b.node(
+            "ConvTranspose",
+            "ct",
+            &[&pw, &w],
+            vec![Attribute::int("group", 2)],
+        );
+        let m = b.finish(&ct);
+        let g = &m.graph;
+        let shapes = crate::passes::prune::channel::shapes(&m, &Default::default()).unwrap();
+        let a = analyze(g, &shapes, &g.node_ids());
+        let pw = a.groups.iter().find(|x| x.producers == ["pw"]).unwrap();
+        let (node, why) = pw.blocked.clone().unwrap();
+        assert!(
+            node.contains("ct") && why.contains("grouped ConvTranspose"),
+            "{why}"
+        );
+    }
 
     #[test]
     fn segments_pair_merged_and_split_axes() {

@@ -7,9 +7,10 @@
 //! `B` the same per `transB`. Three methods choose the zeros:
 //!
 //! - `magnitude`: the smallest `|W_ij|` of the layer (no data).
-//! - `wanda` (Sun et al. 2023): the smallest `|W_ij|·‖X_j‖` compared within
-//!   each output row, with `‖X_j‖² = H_jj`, `H = Σ x xᵀ` the second moments
-//!   of the layer input over the calibration data.
+//! - `wanda` (Sun et al. 2023): the smallest `|W_ij|·‖X_j‖`, with
+//!   `‖X_j‖² = H_jj`, `H = Σ x xᵀ` the second moments of the layer input over
+//!   the calibration data, compared over the layer (`comparison: layer`, the
+//!   default) or within each output row (`comparison: output`).
 //! - `sparsegpt` (Frantar & Alistarh 2023): columns in order; with `U` the
 //!   upper Cholesky factor of `(H + λI)⁻¹` (λ = 1% of the mean diagonal,
 //!   never-seen inputs get 1 on the diagonal, as GPTQ does), zeroing `w_i`
@@ -22,8 +23,9 @@
 //!   so that the layer gets exactly its count.
 //!
 //! **How much.** Unstructured, `scope: local`: each layer gets exactly
-//! `round(sparsity · params)` zeros (magnitude over the layer; wanda split as
-//! evenly as possible over the rows; sparsegpt over its blocks). `scope:
+//! `round(sparsity · params)` zeros (magnitude and wanda over the layer; wanda
+//! with `comparison: output` split as evenly as possible over the rows;
+//! sparsegpt over its blocks). `scope:
 //! global`: one ranking of all weights of all selected layers, each weight's
 //! score normalized by its layer's energy, so that it reads as the share of
 //! the layer's output it costs: `w² / ‖W‖²` for magnitude,
@@ -57,7 +59,7 @@ use std::io::Write as _;
 
 use serde_json::json;
 
-use super::{Granularity, Method, Prune, Scope};
+use super::{Comparison, Granularity, Method, Prune, Scope};
 use crate::exec::parallel_map;
 use crate::ir::{DataType, Graph, Model, NodeId};
 use crate::passes::calib::{self, moments::MAX_ROW, MomentJob, MomentLimits, Moments};
@@ -397,8 +399,9 @@ impl Layer {
         Ok(out)
     }
 
-    /// Prunes with `method` under `rule`.
-    fn prune(&self, method: Method, rule: Rule) -> Result<Outcome, String> {
+    /// Prunes with `method` under `rule`; `per_row`: a count is split over
+    /// the output rows (wanda, `comparison: output`), else taken over the layer.
+    fn prune(&self, method: Method, rule: Rule, per_row: bool) -> Result<Outcome, String> {
         let n = self.values.len();
         let mut values = self.values.clone();
         let Some(view) = self.view else {
@@ -473,8 +476,7 @@ impl Layer {
                         w[i].abs() * norms.as_ref().map_or(1.0, |n| n[r / per][j])
                     })
                     .collect();
-                let mask =
-                    mask_from_scores(&scores, rows, d, rule, method == Method::Wanda, &order);
+                let mask = mask_from_scores(&scores, rows, d, rule, per_row, &order);
                 for (v, m) in out.iter_mut().zip(mask) {
                     if m {
                         *v = 0.0;
@@ -785,7 +787,8 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
 
     let items: Vec<usize> = (0..layers.len()).collect();
     let outcomes = parallel_map(&items, threads, |_, &i| {
-        layers[i].prune(cfg.method, rules[i])
+        let per_row = cfg.method == Method::Wanda && cfg.comparison() == Comparison::Output;
+        layers[i].prune(cfg.method, rules[i], per_row)
     });
     let mut rows_text = Vec::new();
     let (mut total_params, mut total_zeros) = (0usize, 0usize);
@@ -946,7 +949,12 @@ mod tests {
         let values: Vec<f32> = (0..d * rows).map(|_| next() as f32).collect();
         let l = layer(values, dense(d, rows), Some(h));
         let k = d * rows / 2;
-        let db = |m: Method, rule: Rule| l.prune(m, rule).unwrap().sqnr_db.unwrap();
+        let db = |m: Method, rule: Rule| {
+            l.prune(m, rule, m == Method::Wanda)
+                .unwrap()
+                .sqnr_db
+                .unwrap()
+        };
         // Magnitude has no SQNR of its own: measure it with the same H.
         let mag = {
             let mut lm = layer(
@@ -954,7 +962,7 @@ mod tests {
                 dense(d, rows),
                 l.gram.as_ref().map(|g| g.h[0].clone()),
             );
-            let out = lm.prune(Method::Magnitude, Rule::Count(k)).unwrap();
+            let out = lm.prune(Method::Magnitude, Rule::Count(k), false).unwrap();
             lm.values = out.values;
             let w0 = dense(d, rows).matrix(&l.values);
             let w1 = dense(d, rows).matrix(&lm.values);
@@ -984,10 +992,12 @@ mod tests {
         let l = layer(values, dense(d, rows), Some(h));
         for m in [Method::Magnitude, Method::Wanda, Method::Sparsegpt] {
             for k in [0, 1, 37, 60, 119] {
-                let out = l.prune(m, Rule::Count(k)).unwrap();
-                assert_eq!(zeros(&out.values), k, "{m:?} {k}");
+                for per_row in [false, true] {
+                    let out = l.prune(m, Rule::Count(k), per_row).unwrap();
+                    assert_eq!(zeros(&out.values), k, "{m:?} {k} {per_row}");
+                }
             }
-            let out = l.prune(m, Rule::Pattern { n: 1, m: 4 }).unwrap();
+            let out = l.prune(m, Rule::Pattern { n: 1, m: 4 }, false).unwrap();
             let w = dense(d, rows).matrix(&out.values);
             for r in 0..rows {
                 for g in 0..d / 4 {
@@ -996,6 +1006,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn wanda_compares_over_the_layer_or_within_each_row() {
+        // Row 0 holds large weights, row 1 small ones; the inputs are alike.
+        let (d, rows) = (8, 2);
+        let h = correlated(d, 100, 5);
+        let values: Vec<f32> = (0..d * rows)
+            .map(|i| {
+                if i / d == 0 {
+                    10.0 + i as f32
+                } else {
+                    0.1 + 0.01 * i as f32
+                }
+            })
+            .collect();
+        let view = View {
+            rows,
+            d,
+            groups: 1,
+            kernel: 1,
+            transposed: false,
+        };
+        let l = layer(values, view, Some(h));
+        let per_row_zeros = |per_row: bool| {
+            let out = l.prune(Method::Wanda, Rule::Count(8), per_row).unwrap();
+            let w = view.matrix(&out.values);
+            (0..rows)
+                .map(|r| (0..d).filter(|&j| w[r * d + j] == 0.0).count())
+                .collect::<Vec<_>>()
+        };
+        // Output: every row loses its share; layer: the small row goes first.
+        assert_eq!(per_row_zeros(true), [4, 4]);
+        assert_eq!(per_row_zeros(false), [0, 8]);
     }
 
     #[test]
@@ -1012,7 +1056,7 @@ mod tests {
         let values: Vec<f32> = (1..=16).map(|x| x as f32).collect();
         let l = layer(values, v, None);
         let out = l
-            .prune(Method::Magnitude, Rule::Pattern { n: 2, m: 4 })
+            .prune(Method::Magnitude, Rule::Pattern { n: 2, m: 4 }, false)
             .unwrap();
         // Row 0 = 1..8: channels at kernel 0 are 1,3,5,7 → keep 5,7; kernel 1: 2,4,6,8 → keep 6,8.
         assert_eq!(&out.values[..8], &[0.0, 0.0, 0.0, 0.0, 5.0, 6.0, 7.0, 8.0]);
