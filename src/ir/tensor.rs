@@ -225,12 +225,15 @@ fn check_location(location: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A mapped side file: its bytes, and the map itself (to release pages).
+type Mapped = (Bytes, Option<Arc<memmap2::Mmap>>);
+
 /// The side files of one model, memory-mapped on first use and shared by
 /// every tensor that lives in them.
 #[derive(Debug)]
 pub struct ExternalFiles {
     dir: PathBuf,
-    maps: Mutex<BTreeMap<String, (Bytes, Option<Arc<memmap2::Mmap>>)>>,
+    maps: Mutex<BTreeMap<String, Mapped>>,
 }
 
 impl ExternalFiles {
@@ -332,7 +335,7 @@ impl AsRef<[u8]> for SharedMap {
 
 /// Memory-maps a file read-only and keeps a handle on the map for
 /// [`ExternalFiles::release`] (`None` for an empty file).
-fn map_shared(path: &Path) -> std::io::Result<(Bytes, Option<Arc<memmap2::Mmap>>)> {
+fn map_shared(path: &Path) -> std::io::Result<Mapped> {
     let file = File::open(path)?;
     if file.metadata()?.len() == 0 {
         return Ok((Bytes::new(), None));

@@ -87,8 +87,7 @@ pub fn save(model: &Model, path: &Path, options: &SaveOptions) -> Result<SaveRep
     // output, unless that file is one the input reads: then they move to the
     // output's own side file (renaming over the input's would change what the
     // input reads), in the order the model lists them, one copy per range.
-    let mut sources: BTreeMap<(String, u64, u64), (Bytes, Option<PathBuf>, &ExternalData)> =
-        BTreeMap::new();
+    let mut sources: BTreeMap<(String, u64, u64), Source> = BTreeMap::new();
     for t in all_tensors(model) {
         if let TensorData::External(e) = &t.data {
             let key = (e.location.clone(), e.offset, e.length);
@@ -223,6 +222,9 @@ pub fn save(model: &Model, path: &Path, options: &SaveOptions) -> Result<SaveRep
     }
     Ok(report)
 }
+
+/// An input tensor's bytes, the side file they come from and its entry.
+type Source<'a> = (Bytes, Option<PathBuf>, &'a ExternalData);
 
 /// True when both paths name one existing file.
 fn same_file(a: &Path, b: &Path) -> bool {
