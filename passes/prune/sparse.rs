@@ -48,6 +48,16 @@
 //! ConvTranspose; wanda and sparsegpt need the second moments, which are
 //! gathered for rows of at most 1536 inputs).
 //!
+//! **Memory.** Layers are pruned `threads` at a time; each weight is read
+//! once from its (mapped) initializer into the buffer that becomes its new
+//! bytes, and magnitude prunes it there: the `k`-th smallest `|w|` by a
+//! streamed radix selection (`rank.rs`), then zeros below it and the first
+//! ties in row order (the same weights a sort would pick). The global
+//! ranking recomputes magnitude's scores from the weights on each pass of
+//! the same selection rather than gathering them. Peak memory is the pruned
+//! weights plus one layer's work (the data methods and n:m hold that layer's
+//! f64 matrices).
+//!
 //! Report: per layer the params, zeros before and after, the achieved
 //! sparsity, the weight bytes, the deflate-compressed size of the weight
 //! before and after, and (with data) the layer's output SQNR on the
