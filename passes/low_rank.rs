@@ -474,7 +474,15 @@ impl Pass for LowRank {
         );
         let data_aware = self.data_aware.unwrap_or(ctx.data.is_some());
         let shapes = crate::inspect::value_shapes(&model.graph);
-        let layers = self.candidates(&model.graph, &shapes, &mut report);
+        // Memory: without data or an SQNR target nothing after the spectra
+        // reads a layer's weight, so each is (re)loaded for its spectrum and
+        // dropped after it: one layer's weight in memory at a time, not all.
+        let weights_later = data_aware
+            || self
+                .target
+                .as_ref()
+                .is_some_and(|t| t.min_sqnr_db.is_some());
+        let mut layers = self.candidates(&model.graph, &shapes, weights_later, &mut report);
         let mut samples = None;
         if data_aware
             || self
@@ -489,9 +497,21 @@ impl Pass for LowRank {
             _ => BTreeMap::new(),
         };
         let mut spectra = Vec::with_capacity(layers.len());
-        for layer in &layers {
+        for layer in &mut layers {
+            if !weights_later {
+                layer.w = self
+                    .layer(&model.graph, layer.node, &shapes)
+                    .map_err(|message| PassError::Node {
+                        node: layer.label.clone(),
+                        message,
+                    })?
+                    .w;
+            }
             let gram = grams.get(&layer.node);
             spectra.push(self.spectrum(layer, gram, data_aware, &mut report)?);
+            if !weights_later {
+                layer.w = Vec::new();
+            }
         }
         let ranks = self.choose_ranks(
             model,
@@ -530,10 +550,13 @@ impl LowRank {
 
     /// The layers that could be split, in graph order; the others are
     /// reported (when the reason is worth a line).
+    /// Without `keep_weights` each layer's weight is dropped once its layout
+    /// is known (`layer` reloads it when its spectrum is computed).
     fn candidates(
         &self,
         g: &Graph,
         shapes: &std::collections::HashMap<String, Vec<i64>>,
+        keep_weights: bool,
         report: &mut PassReport,
     ) -> Vec<Layer> {
         let mut out = Vec::new();
@@ -566,7 +589,12 @@ impl LowRank {
                     &format!("{} weights < min_params {}", l.k * l.n, self.min_params),
                     Some(l.params_before()),
                 ),
-                Ok(l) => out.push(l),
+                Ok(mut l) => {
+                    if !keep_weights {
+                        l.w = Vec::new();
+                    }
+                    out.push(l)
+                }
                 Err(why) => keep(report, &n.label(), &why, None),
             }
         }
@@ -599,6 +627,7 @@ impl LowRank {
             .into_iter()
             .map(f64::from)
             .collect();
+        t.release_pages();
         let shape = |i: usize| -> Option<Vec<u64>> {
             let s = shapes.get(n.inputs.get(i).or(n.outputs.first())?)?;
             s.iter().map(|&d| u64::try_from(d).ok()).collect()

@@ -119,6 +119,7 @@
 
 mod channel;
 mod groups;
+mod rank;
 mod reconstruct;
 mod sparse;
 mod target;

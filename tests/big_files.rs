@@ -270,3 +270,73 @@ fn full_disk_gives_a_clear_error_and_no_partial_output() {
         data
     );
 }
+
+/// x -> MatMul(w0) -> MatMul(w1) -> Add(b) -> y, every weight external.
+fn matmul_model(path: &Path) {
+    let mut g = Graph::new("g");
+    let f = |n: &str| ValueInfo::new(n, TypeInfo::tensor(DataType::Float, vec![]));
+    g.inputs.push(f("x"));
+    g.outputs.push(f("y"));
+    for (name, dims) in [("w0", vec![64, 64]), ("w1", vec![64, 64]), ("b", vec![64])] {
+        let n: i64 = dims.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|j| ((j * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        g.add_initializer(Tensor::from_f32(name, dims, &values));
+    }
+    g.add_node(Node::with_io("MatMul", "mm0", &["x", "w0"], &["h"]));
+    g.add_node(Node::with_io("MatMul", "mm1", &["h", "w1"], &["z"]));
+    g.add_node(Node::with_io("Add", "add", &["z", "b"], &["y"]));
+    let options = SaveOptions {
+        external_threshold: Some(64),
+        external_location: Some("mm.bin".into()),
+    };
+    onnx::save(&Model::new(g, 17), path, &options).unwrap();
+}
+
+#[test]
+fn a_pass_that_rewrites_some_initializers_leaves_the_others_mapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mm.onnx");
+    matmul_model(&path);
+    let original = onnx::load(&path).unwrap();
+    let mut model = original.clone();
+    let text = "version: 1\npasses:\n  - prune: { granularity: unstructured, method: magnitude, sparsity: 0.5, include_nodes: [mm0] }\n";
+    let pipeline = whittle::pipeline::Pipeline::parse(text, Path::new("p.yaml")).unwrap();
+    let ctx = whittle::passes::PassContext {
+        model_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    whittle::manager::run(&mut model, &pipeline, &ctx, None).unwrap();
+    let g = &model.graph;
+    // The rewritten weight holds new bytes, in memory.
+    let w0 = g.initializer("w0").unwrap();
+    assert!(
+        matches!(w0.data, TensorData::Raw(_)),
+        "w0 was not rewritten"
+    );
+    assert_eq!(
+        floats(w0).iter().filter(|&&v| v == 0.0).count(),
+        64 * 64 / 2
+    );
+    // The others are still the input's external data: the very bytes of the
+    // side file's map (same address), not copies.
+    for name in ["w1", "b"] {
+        let (before, after) = (
+            original.graph.initializer(name).unwrap(),
+            g.initializer(name).unwrap(),
+        );
+        let TensorData::External(e) = &after.data else {
+            panic!("{name} is no longer external data: {:?}", after.data);
+        };
+        assert_eq!(e.location, "mm.bin");
+        let (a, b) = (
+            before.packed_bytes().unwrap(),
+            after.packed_bytes().unwrap(),
+        );
+        assert_eq!(a.as_ptr(), b.as_ptr(), "{name} was copied");
+        // Released pages read back the same bytes.
+        after.release_pages();
+        assert_eq!(floats(after), floats(before), "{name} changed");
+    }
+}

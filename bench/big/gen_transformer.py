@@ -6,7 +6,9 @@ float32 weights, past protobuf's 2 GiB), each block
       -> MatMul(Wo) + bo -> add x -> LayerNorm -> MatMul(W1) + b1 -> Relu
       -> MatMul(W2) + b2 -> add
 
-Input x: float [1, 8, dim]. The side file is written in one sequential stream
+Input x: float [1, 8, dim]. Node names never equal a value or initializer
+name (tract, which quantize's calibration runs, refuses a node named like an
+initializer: "duplicate name for node"). The side file is written in one sequential stream
 (one weight at a time, never the whole model in memory), 4 KiB aligned.
 
     .venv/bin/python bench/big/gen_transformer.py --out bench/big/build/big.onnx
@@ -71,15 +73,15 @@ def main() -> None:
             nodes.append(helper.make_node("Softmax", [p + "s"], [p + "a"], axis=-1, name=p + "softmax"))
             nodes.append(helper.make_node("MatMul", [p + "a", p + "v"], [p + "av"], name=p + "av"))
             nodes.append(helper.make_node("MatMul", [p + "av", weight(p + "Wo", (d, d), d**-0.5)], [p + "o"], name=p + "o"))
-            nodes.append(helper.make_node("Add", [p + "o", small(p + "bo", zeros)], [p + "ob"], name=p + "bo"))
+            nodes.append(helper.make_node("Add", [p + "o", small(p + "bo", zeros)], [p + "ob"], name=p + "add_bo"))
             nodes.append(helper.make_node("Add", [x, p + "ob"], [p + "r1"], name=p + "res1"))
             s2, b2n = small(p + "ln2_s", ones), small(p + "ln2_b", zeros)
             nodes.append(helper.make_node("LayerNormalization", [p + "r1", s2, b2n], [p + "h2"], axis=-1, name=p + "ln2"))
             nodes.append(helper.make_node("MatMul", [p + "h2", weight(p + "W1", (d, 4 * d), d**-0.5)], [p + "f1"], name=p + "ff1"))
-            nodes.append(helper.make_node("Add", [p + "f1", small(p + "b1", [0.0] * 4 * d)], [p + "f1b"], name=p + "b1"))
+            nodes.append(helper.make_node("Add", [p + "f1", small(p + "b1", [0.0] * 4 * d)], [p + "f1b"], name=p + "add_b1"))
             nodes.append(helper.make_node("Relu", [p + "f1b"], [p + "f1r"], name=p + "relu"))
             nodes.append(helper.make_node("MatMul", [p + "f1r", weight(p + "W2", (4 * d, d), (4 * d) ** -0.5)], [p + "f2"], name=p + "ff2"))
-            nodes.append(helper.make_node("Add", [p + "f2", small(p + "b2", zeros)], [p + "f2b"], name=p + "b2"))
+            nodes.append(helper.make_node("Add", [p + "f2", small(p + "b2", zeros)], [p + "f2b"], name=p + "add_b2"))
             out = "y" if l == L - 1 else p + "out"
             nodes.append(helper.make_node("Add", [p + "r1", p + "f2b"], [out], name=p + "res2"))
             x = out

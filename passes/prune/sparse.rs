@@ -50,6 +50,16 @@
 //! ConvTranspose; wanda and sparsegpt need the second moments, which are
 //! gathered for rows of at most 1536 inputs).
 //!
+//! **Memory.** Layers are pruned `threads` at a time; each weight is read
+//! once from its (mapped) initializer into the buffer that becomes its new
+//! bytes, and magnitude prunes it there: the `k`-th smallest `|w|` by a
+//! streamed radix selection (`rank.rs`), then zeros below it and the first
+//! ties in row order (the same weights a sort would pick). The global
+//! ranking recomputes magnitude's scores from the weights on each pass of
+//! the same selection rather than gathering them. Peak memory is the pruned
+//! weights plus one layer's work (the data methods and n:m hold that layer's
+//! f64 matrices).
+//!
 //! Report: per layer the params, zeros before and after, the achieved
 //! sparsity, the weight bytes, the deflate-compressed size of the weight
 //! before and after, and (with data) the layer's output SQNR on the
@@ -59,6 +69,7 @@ use std::io::Write as _;
 
 use serde_json::json;
 
+use super::rank::{self, order_key};
 use super::{Comparison, Granularity, Method, Prune, Scope};
 use crate::exec::parallel_map;
 use crate::ir::{DataType, Graph, Model, NodeId};
@@ -228,6 +239,112 @@ fn mask_from_scores(
     mask
 }
 
+/// The float32 little-endian elements of `bytes`.
+fn floats(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
+/// Ties at the threshold collected while zeroing, beyond which the tie pass
+/// walks the weight in row order instead.
+const MAX_TIES: usize = 1 << 20;
+
+/// Magnitude pruning in place on float32 little-endian `bytes`: zeros the `k`
+/// weights of smallest `|w|`, ties at the threshold broken by the position in
+/// the row-major `rows × d` view (storage order without a view) — the very
+/// weights [`lowest`] picks from the scores `|w|`, found without a score
+/// vector: the threshold by a streamed selection ([`rank::kth_key`]), then
+/// one pass zeroing below it, then the first ties.
+fn magnitude_in_place(bytes: &mut [u8], view: Option<View>, k: usize) -> Result<(), String> {
+    magnitude_in_place_with(bytes, view, k, MAX_TIES)
+}
+
+/// [`magnitude_in_place`] collecting at most `max_ties` ties.
+fn magnitude_in_place_with(
+    bytes: &mut [u8],
+    view: Option<View>,
+    k: usize,
+    max_ties: usize,
+) -> Result<(), String> {
+    let n = bytes.len() / 4;
+    let key = |v: f32| order_key(f64::from(v.abs()));
+    if k == 0 {
+        return Ok(());
+    }
+    if k >= n {
+        bytes.iter_mut().for_each(|b| *b = 0);
+        return Ok(());
+    }
+    let t = rank::kth_key(k - 1, |f: &mut dyn FnMut(u64)| {
+        floats(bytes).for_each(|v| f(key(v)));
+        Ok::<(), String>(())
+    })?
+    .ok_or("the weight changed while its threshold was chosen")?;
+    // Below the threshold: zero. At it: remember where (in storage order).
+    let mut less = 0usize;
+    let mut ties: Vec<usize> = Vec::new();
+    let mut overflow = false;
+    for (i, c) in bytes.chunks_exact_mut(4).enumerate() {
+        let kv = key(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        if kv < t {
+            c.copy_from_slice(&0f32.to_le_bytes());
+            less += 1;
+        } else if kv == t && !overflow {
+            if ties.len() < max_ties {
+                ties.push(i);
+            } else {
+                overflow = true;
+                ties = Vec::new();
+            }
+        }
+    }
+    let mut left = k - less;
+    let zero = |bytes: &mut [u8], i: usize| bytes[4 * i..4 * i + 4].copy_from_slice(&[0; 4]);
+    match view {
+        Some(v) if v.transposed && !overflow => {
+            // Storage index s = j·rows + r: row-major order is (r, j).
+            ties.sort_unstable_by_key(|&s| (s % v.rows, s / v.rows));
+            for &i in ties.iter().take(left) {
+                zero(bytes, i);
+            }
+        }
+        Some(v) if v.transposed => {
+            'rows: for r in 0..v.rows {
+                for j in 0..v.d {
+                    if left == 0 {
+                        break 'rows;
+                    }
+                    let i = v.at(r, j);
+                    let c = &bytes[4 * i..4 * i + 4];
+                    if key(f32::from_le_bytes([c[0], c[1], c[2], c[3]])) == t {
+                        zero(bytes, i);
+                        left -= 1;
+                    }
+                }
+            }
+        }
+        _ if !overflow => {
+            for &i in ties.iter().take(left) {
+                zero(bytes, i);
+            }
+        }
+        _ => {
+            for i in 0..n {
+                if left == 0 {
+                    break;
+                }
+                let c = &bytes[4 * i..4 * i + 4];
+                if key(f32::from_le_bytes([c[0], c[1], c[2], c[3]])) == t {
+                    zero(bytes, i);
+                    left -= 1;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `H + λI` with never-seen inputs set to 1 on the diagonal; `None` when `H`
 /// is all zero.
 fn damped(h: &[f64], d: usize) -> Option<Vec<f64>> {
@@ -331,7 +448,9 @@ struct Layer {
     node: String,
     weight: String,
     dims: Vec<i64>,
-    values: Vec<f32>,
+    /// Number of elements (the weights are read from the graph when the
+    /// layer is pruned, never held for all layers at once).
+    params: usize,
     view: Option<View>,
     /// Unstructured: this layer's own sparsity (local scope or override);
     /// `None`: decided by the global ranking.
@@ -348,7 +467,7 @@ struct Outcome {
 
 impl Layer {
     fn params(&self) -> usize {
-        self.values.len()
+        self.params
     }
 
     /// Per-group `(rows, H)`, `H` damped (data methods only).
@@ -359,11 +478,10 @@ impl Layer {
 
     /// The scores of the global ranking, per element in weight order: each
     /// weight's estimated cost divided by its layer's energy.
-    fn normalized(&self, method: Method) -> Result<Vec<f64>, String> {
+    fn normalized(&self, values: &[f32], method: Method) -> Result<Vec<f64>, String> {
         let Some(view) = self.view.filter(|_| method != Method::Magnitude) else {
-            let energy: f64 = self.values.iter().map(|&v| f64::from(v).powi(2)).sum();
-            return Ok(self
-                .values
+            let energy: f64 = values.iter().map(|&v| f64::from(v).powi(2)).sum();
+            return Ok(values
                 .iter()
                 .map(|&v| f64::from(v).powi(2) / energy.max(f64::MIN_POSITIVE))
                 .collect());
@@ -372,7 +490,7 @@ impl Layer {
             .hessians()
             .ok_or("the input's second moments are all zero")?;
         let gram = self.gram.as_ref().ok_or("no second moments")?;
-        let w = view.matrix(&self.values);
+        let w = view.matrix(values);
         let (d, per) = (view.d, view.rows / view.groups);
         let mut energy = 0.0;
         let mut diag: Vec<Vec<f64>> = Vec::new();
@@ -390,7 +508,7 @@ impl Layer {
             });
         }
         let energy = energy.max(f64::MIN_POSITIVE);
-        let mut out = vec![0f64; self.values.len()];
+        let mut out = vec![0f64; values.len()];
         for r in 0..view.rows {
             for j in 0..d {
                 out[view.at(r, j)] = w[r * d + j].powi(2) * diag[r / per][j] / energy;
@@ -401,9 +519,15 @@ impl Layer {
 
     /// Prunes with `method` under `rule`; `per_row`: a count is split over
     /// the output rows (wanda, `comparison: output`), else taken over the layer.
-    fn prune(&self, method: Method, rule: Rule, per_row: bool) -> Result<Outcome, String> {
-        let n = self.values.len();
-        let mut values = self.values.clone();
+    fn prune(
+        &self,
+        weights: &[f32],
+        method: Method,
+        rule: Rule,
+        per_row: bool,
+    ) -> Result<Outcome, String> {
+        let n = weights.len();
+        let mut values = weights.to_vec();
         let Some(view) = self.view else {
             // Magnitude over the flat weight (no row view needed).
             let Rule::Count(k) = rule else {
@@ -423,7 +547,7 @@ impl Layer {
             Rule::Pattern { .. } => view.nm_order(),
             Rule::Count(_) => (0..d).collect(),
         };
-        let w = view.matrix(&self.values);
+        let w = view.matrix(weights);
         let hs = match method {
             Method::Sparsegpt => Some(
                 self.hessians()
@@ -548,25 +672,44 @@ fn refusal(cfg: &Prune, g: &Graph, id: NodeId) -> Option<String> {
     None
 }
 
-fn deflated(values: &[f32]) -> usize {
-    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    // Writing into a Vec cannot fail.
-    let _ = enc.write_all(&bytes);
-    enc.finish().map(|v| v.len()).unwrap_or(0)
+/// A sink that only counts what is written to it (deflate sizes without
+/// holding the compressed bytes).
+#[derive(Default)]
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
-fn zeros(values: &[f32]) -> usize {
-    values.iter().filter(|&&v| v == 0.0).count()
+/// Deflate size of float32 little-endian `bytes`.
+fn deflated(bytes: &[u8]) -> usize {
+    let mut enc = flate2::write::DeflateEncoder::new(Counter(0), flate2::Compression::default());
+    // Writing into a counter cannot fail.
+    let _ = enc.write_all(bytes);
+    enc.finish().map(|c| c.0).unwrap_or(0)
 }
 
-/// The deflate size of every initializer's bytes, concatenated in order.
+/// Zero elements of float32 little-endian `bytes`.
+fn zeros(bytes: &[u8]) -> usize {
+    floats(bytes).filter(|&v| v == 0.0).count()
+}
+
+/// The deflate size of every initializer's bytes, concatenated in order
+/// (each tensor's mapped pages released once compressed).
 fn model_deflated(g: &Graph) -> Result<usize, PassError> {
-    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut enc = flate2::write::DeflateEncoder::new(Counter(0), flate2::Compression::default());
     for t in g.initializers() {
         let _ = enc.write_all(&t.packed_bytes()?);
+        t.release_pages();
     }
-    Ok(enc.finish().map(|v| v.len()).unwrap_or(0))
+    Ok(enc.finish().map(|c| c.0).unwrap_or(0))
 }
 
 fn nonzero_floats(g: &Graph) -> Result<usize, PassError> {
@@ -576,9 +719,176 @@ fn nonzero_floats(g: &Graph) -> Result<usize, PassError> {
         .iter()
         .filter(|t| t.dtype() == DataType::Float)
     {
-        n += t.to_f32()?.iter().filter(|&&v| v != 0.0).count();
+        n += floats(&t.packed_bytes()?).filter(|&v| v != 0.0).count();
+        t.release_pages();
     }
     Ok(n)
+}
+
+/// One layer pruned: its new bytes and what the report needs of the old ones.
+struct Pruned {
+    bytes: Vec<u8>,
+    zeros_before: usize,
+    deflate_before: usize,
+    sqnr_db: Option<f64>,
+}
+
+/// Reads `layer`'s weight from the graph into the buffer that becomes its new
+/// bytes (releasing the mapped pages) and prunes it: magnitude with a count
+/// in place ([`magnitude_in_place`]), everything else through
+/// [`Layer::prune`] (`per_row` as there).
+fn prune_layer(
+    layer: &Layer,
+    g: &Graph,
+    method: Method,
+    rule: Rule,
+    per_row: bool,
+) -> Result<Pruned, String> {
+    let t = g
+        .initializer(&layer.weight)
+        .ok_or_else(|| format!("initializer {:?} vanished", layer.weight))?;
+    let mut bytes = t.packed_bytes().map_err(|e| e.to_string())?.to_vec();
+    t.release_pages();
+    let (zeros_before, deflate_before) = (zeros(&bytes), deflated(&bytes));
+    let sqnr_db = match (method, rule) {
+        (Method::Magnitude, Rule::Count(k)) => {
+            magnitude_in_place(&mut bytes, layer.view, k)?;
+            None
+        }
+        _ => {
+            let values: Vec<f32> = floats(&bytes).collect();
+            let out = layer.prune(&values, method, rule, per_row)?;
+            drop(values);
+            bytes.clear();
+            bytes.extend(out.values.iter().flat_map(|v| v.to_le_bytes()));
+            out.sqnr_db
+        }
+    };
+    Ok(Pruned {
+        bytes,
+        zeros_before,
+        deflate_before,
+        sqnr_db,
+    })
+}
+
+/// Global scope: the zeros each layer of `pool` gets, as `(layer, count)`:
+/// the `round(sparsity · Σ params)` lowest normalized scores over all of
+/// them, ties to the earlier layer and element (what sorting the
+/// concatenated scores gives), without gathering the scores: the threshold
+/// by a streamed selection ([`rank::kth_key`]), then one counting pass.
+/// Magnitude's scores `w² / ‖W‖²` are recomputed from the (mapped) weights
+/// on every pass; the data methods' scores are computed once per layer.
+fn global_counts(
+    layers: &[Layer],
+    pool: &[usize],
+    cfg: &Prune,
+    g: &Graph,
+    threads: usize,
+) -> Result<Vec<(usize, usize)>, PassError> {
+    let params: usize = pool.iter().map(|&i| layers[i].params()).sum();
+    let total = (cfg.sparsity() * params as f64).round() as usize;
+    if total == 0 {
+        return Ok(Vec::new());
+    }
+    if total >= params {
+        return Ok(pool.iter().map(|&i| (i, layers[i].params())).collect());
+    }
+    let weight = |i: usize| {
+        g.initializer(&layers[i].weight)
+            .ok_or_else(|| PassError::Model(format!("initializer {:?} vanished", layers[i].weight)))
+    };
+    let node_error = |i: usize| {
+        let node = layers[i].node.clone();
+        move |message: String| PassError::Node { node, message }
+    };
+    let held: Option<Vec<Vec<f64>>> = if cfg.method == Method::Magnitude {
+        None
+    } else {
+        let scored = parallel_map(pool, threads, |_, &i| -> Result<Vec<f64>, PassError> {
+            let t = weight(i)?;
+            let values: Vec<f32> = floats(&t.packed_bytes()?).collect();
+            t.release_pages();
+            layers[i]
+                .normalized(&values, cfg.method)
+                .map_err(node_error(i))
+        });
+        Some(scored.into_iter().collect::<Result<_, _>>()?)
+    };
+    let energies: Vec<f64> = if held.is_none() {
+        let e = parallel_map(pool, threads, |_, &i| -> Result<f64, PassError> {
+            let t = weight(i)?;
+            let energy: f64 = floats(&t.packed_bytes()?)
+                .map(|v| f64::from(v).powi(2))
+                .sum();
+            t.release_pages();
+            Ok(energy)
+        });
+        e.into_iter().collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    // Every pooled score in order, layer by layer.
+    let stream = |p: usize, f: &mut dyn FnMut(u64)| -> Result<(), PassError> {
+        if let Some(held) = &held {
+            held[p].iter().for_each(|&s| f(order_key(s)));
+            return Ok(());
+        }
+        let t = weight(pool[p])?;
+        let energy = energies[p].max(f64::MIN_POSITIVE);
+        floats(&t.packed_bytes()?).for_each(|v| f(order_key(f64::from(v).powi(2) / energy)));
+        t.release_pages();
+        Ok(())
+    };
+    let counts = split_lowest(total, pool.len(), stream)?
+        .ok_or_else(|| PassError::Model("the weights changed while they were ranked".into()))?;
+    Ok(pool.iter().copied().zip(counts).collect())
+}
+
+/// How many of the `total` lowest keys (ties: earlier part, then earlier
+/// element) fall in each of `parts` key streams, `stream(p, f)` delivering
+/// part `p`'s keys in order: the `total`-th key by [`rank::kth_key`], then
+/// per part the keys below it plus its share of the ties, earlier parts
+/// first. `None` when the streams hold fewer than `total` keys.
+fn split_lowest<E>(
+    total: usize,
+    parts: usize,
+    stream: impl Fn(usize, &mut dyn FnMut(u64)) -> Result<(), E>,
+) -> Result<Option<Vec<usize>>, E> {
+    if total == 0 {
+        return Ok(Some(vec![0; parts]));
+    }
+    let Some(threshold) = rank::kth_key(total - 1, |f: &mut dyn FnMut(u64)| {
+        (0..parts).try_for_each(|p| stream(p, f))
+    })?
+    else {
+        return Ok(None);
+    };
+    let mut below = Vec::with_capacity(parts);
+    for p in 0..parts {
+        let (mut less, mut equal) = (0usize, 0usize);
+        stream(p, &mut |k| {
+            if k < threshold {
+                less += 1;
+            } else if k == threshold {
+                equal += 1;
+            }
+        })?;
+        below.push((less, equal));
+    }
+    let Some(mut ties) = total.checked_sub(below.iter().map(|b| b.0).sum::<usize>()) else {
+        return Ok(None);
+    };
+    Ok(Some(
+        below
+            .into_iter()
+            .map(|(less, equal)| {
+                let take = equal.min(ties);
+                ties -= take;
+                less + take
+            })
+            .collect(),
+    ))
 }
 
 fn weight_bytes(g: &Graph) -> i64 {
@@ -709,7 +1019,7 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
             node: n.label(),
             weight: weight.clone(),
             dims: t.dims.clone(),
-            values: t.to_f32()?,
+            params: (t.byte_len() / 4) as usize,
             view,
             sparsity,
             gram: None,
@@ -767,81 +1077,83 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
             .filter(|&i| layers[i].sparsity.is_none())
             .collect();
         if !pool.is_empty() {
-            let scored = parallel_map(&pool, threads, |_, &i| layers[i].normalized(cfg.method));
-            let mut all: Vec<(f64, usize)> = Vec::new();
-            for (&i, s) in pool.iter().zip(scored) {
-                let s = s.map_err(|e| PassError::Node {
-                    node: layers[i].node.clone(),
-                    message: e,
-                })?;
-                all.extend(s.into_iter().map(|v| (v, i)));
-            }
-            let total = (cfg.sparsity() * all.len() as f64).round() as usize;
-            let keys: Vec<f64> = all.iter().map(|p| p.0).collect();
-            for k in lowest(&keys, total) {
-                counts[all[k].1] += 1;
+            for (i, k) in global_counts(&layers, &pool, cfg, &model.graph, threads)? {
+                counts[i] += k;
             }
         }
         counts.into_iter().map(Rule::Count).collect()
     };
 
-    let items: Vec<usize> = (0..layers.len()).collect();
-    let outcomes = parallel_map(&items, threads, |_, &i| {
-        let per_row = cfg.method == Method::Wanda && cfg.comparison() == Comparison::Output;
-        layers[i].prune(cfg.method, rules[i], per_row)
-    });
+    // Layer by layer (`threads` at a time): each weight is read once from
+    // its map into the buffer that becomes the new initializer, pruned there
+    // (magnitude) or through the row view (data methods, n:m), and the mapped
+    // pages are released; no layer's weights are held twice.
+    let per_row = cfg.method == Method::Wanda && cfg.comparison() == Comparison::Output;
     let mut rows_text = Vec::new();
     let (mut total_params, mut total_zeros) = (0usize, 0usize);
-    for ((layer, outcome), rule) in layers.iter().zip(outcomes).zip(&rules) {
-        let out = outcome.map_err(|e| PassError::Node {
-            node: layer.node.clone(),
-            message: e,
-        })?;
-        let (z0, z1) = (zeros(&layer.values), zeros(&out.values));
-        let (d0, d1) = (deflated(&layer.values), deflated(&out.values));
-        let params = layer.params();
-        total_params += params;
-        total_zeros += z1;
-        let sparsity = z1 as f64 / params.max(1) as f64;
-        report.count("layers_pruned", 1);
-        report.count("weights_zeroed", z1 as i64 - z0 as i64);
-        let mut detail = json!({
-            "node": layer.node,
-            "weight": layer.weight,
-            "shape": layer.dims,
-            "params": params,
-            "zeros_before": z0,
-            "zeros_after": z1,
-            "sparsity": (sparsity * 1e4).round() / 1e4,
-            "weight_bytes": params * 4,
-            "deflate_bytes_before": d0,
-            "deflate_bytes_after": d1,
+    let items: Vec<usize> = (0..layers.len()).collect();
+    for batch in items.chunks(threads.max(1)) {
+        let graph = &model.graph;
+        let outcomes = parallel_map(batch, threads, |_, &i| {
+            prune_layer(&layers[i], graph, cfg.method, rules[i], per_row)
         });
-        if let Rule::Count(k) = rule {
-            detail["zeros_asked"] = json!(k);
+        for (&i, outcome) in batch.iter().zip(outcomes) {
+            let (layer, rule) = (&layers[i], &rules[i]);
+            let done = outcome.map_err(|e| PassError::Node {
+                node: layer.node.clone(),
+                message: e,
+            })?;
+            let (z0, z1, d0, d1) = (
+                done.zeros_before,
+                zeros(&done.bytes),
+                done.deflate_before,
+                deflated(&done.bytes),
+            );
+            let params = layer.params();
+            total_params += params;
+            total_zeros += z1;
+            let sparsity = z1 as f64 / params.max(1) as f64;
+            report.count("layers_pruned", 1);
+            report.count("weights_zeroed", z1 as i64 - z0 as i64);
+            let mut detail = json!({
+                "node": layer.node,
+                "weight": layer.weight,
+                "shape": layer.dims,
+                "params": params,
+                "zeros_before": z0,
+                "zeros_after": z1,
+                "sparsity": (sparsity * 1e4).round() / 1e4,
+                "weight_bytes": params * 4,
+                "deflate_bytes_before": d0,
+                "deflate_bytes_after": d1,
+            });
+            if let Rule::Count(k) = rule {
+                detail["zeros_asked"] = json!(k);
+            }
+            if let Some(db) = done.sqnr_db {
+                detail["layer_sqnr_db"] = json!((db * 100.0).round() / 100.0);
+            }
+            report.details.push(detail);
+            rows_text.push(format!(
+                "  {:<40} {:>9} {:>8.2}% {:>10} → {:<10} {}",
+                layer.node,
+                params,
+                sparsity * 100.0,
+                d0,
+                d1,
+                done.sqnr_db
+                    .map_or(String::new(), |db| format!("{db:.1} dB")),
+            ));
+            let mut t = model
+                .graph
+                .initializer(&layer.weight)
+                .cloned()
+                .ok_or_else(|| {
+                    PassError::Model(format!("initializer {:?} vanished", layer.weight))
+                })?;
+            t.set_raw(bytes::Bytes::from(done.bytes));
+            model.graph.replace_initializer(t);
         }
-        if let Some(db) = out.sqnr_db {
-            detail["layer_sqnr_db"] = json!((db * 100.0).round() / 100.0);
-        }
-        report.details.push(detail);
-        rows_text.push(format!(
-            "  {:<40} {:>9} {:>8.2}% {:>10} → {:<10} {}",
-            layer.node,
-            params,
-            sparsity * 100.0,
-            d0,
-            d1,
-            out.sqnr_db
-                .map_or(String::new(), |db| format!("{db:.1} dB")),
-        ));
-        let mut t = model
-            .graph
-            .initializer(&layer.weight)
-            .cloned()
-            .ok_or_else(|| PassError::Model(format!("initializer {:?} vanished", layer.weight)))?;
-        let raw: Vec<u8> = out.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        t.set_raw(bytes::Bytes::from(raw));
-        model.graph.replace_initializer(t);
     }
     for (node, why) in &skipped {
         report.details.push(json!({ "node": node, "skipped": why }));
@@ -910,7 +1222,7 @@ mod tests {
         h
     }
 
-    fn layer(values: Vec<f32>, view: View, h: Option<Vec<f64>>) -> Layer {
+    fn layer(params: usize, view: View, h: Option<Vec<f64>>) -> Layer {
         Layer {
             node: "n".into(),
             weight: "w".into(),
@@ -927,8 +1239,12 @@ mod tests {
                 positions: 1,
                 samples: 1,
             }),
-            values,
+            params,
         }
+    }
+
+    fn count_zeros(values: &[f32]) -> usize {
+        values.iter().filter(|&&v| v == 0.0).count()
     }
 
     fn dense(d: usize, rows: usize) -> View {
@@ -947,25 +1263,21 @@ mod tests {
         let h = correlated(d, 400, 3);
         let mut next = lcg(11);
         let values: Vec<f32> = (0..d * rows).map(|_| next() as f32).collect();
-        let l = layer(values, dense(d, rows), Some(h));
+        let l = layer(values.len(), dense(d, rows), Some(h));
         let k = d * rows / 2;
         let db = |m: Method, rule: Rule| {
-            l.prune(m, rule, m == Method::Wanda)
+            l.prune(&values, m, rule, m == Method::Wanda)
                 .unwrap()
                 .sqnr_db
                 .unwrap()
         };
         // Magnitude has no SQNR of its own: measure it with the same H.
         let mag = {
-            let mut lm = layer(
-                l.values.clone(),
-                dense(d, rows),
-                l.gram.as_ref().map(|g| g.h[0].clone()),
-            );
-            let out = lm.prune(Method::Magnitude, Rule::Count(k), false).unwrap();
-            lm.values = out.values;
-            let w0 = dense(d, rows).matrix(&l.values);
-            let w1 = dense(d, rows).matrix(&lm.values);
+            let out = l
+                .prune(&values, Method::Magnitude, Rule::Count(k), false)
+                .unwrap();
+            let w0 = dense(d, rows).matrix(&values);
+            let w1 = dense(d, rows).matrix(&out.values);
             let delta: Vec<f64> = w1.iter().zip(&w0).map(|(a, b)| a - b).collect();
             let h = &l.gram.as_ref().unwrap().h[0];
             10.0 * (quad(&w0, d, h, 0..rows) / quad(&delta, d, h, 0..rows)).log10()
@@ -989,15 +1301,17 @@ mod tests {
         let h = correlated(d, 100, 5);
         let mut next = lcg(2);
         let values: Vec<f32> = (0..d * rows).map(|_| next() as f32).collect();
-        let l = layer(values, dense(d, rows), Some(h));
+        let l = layer(values.len(), dense(d, rows), Some(h));
         for m in [Method::Magnitude, Method::Wanda, Method::Sparsegpt] {
             for k in [0, 1, 37, 60, 119] {
                 for per_row in [false, true] {
-                    let out = l.prune(m, Rule::Count(k), per_row).unwrap();
-                    assert_eq!(zeros(&out.values), k, "{m:?} {k} {per_row}");
+                    let out = l.prune(&values, m, Rule::Count(k), per_row).unwrap();
+                    assert_eq!(count_zeros(&out.values), k, "{m:?} {k} {per_row}");
                 }
             }
-            let out = l.prune(m, Rule::Pattern { n: 1, m: 4 }, false).unwrap();
+            let out = l
+                .prune(&values, m, Rule::Pattern { n: 1, m: 4 }, false)
+                .unwrap();
             let w = dense(d, rows).matrix(&out.values);
             for r in 0..rows {
                 for g in 0..d / 4 {
@@ -1029,9 +1343,11 @@ mod tests {
             kernel: 1,
             transposed: false,
         };
-        let l = layer(values, view, Some(h));
+        let l = layer(values.len(), view, Some(h));
         let per_row_zeros = |per_row: bool| {
-            let out = l.prune(Method::Wanda, Rule::Count(8), per_row).unwrap();
+            let out = l
+                .prune(&values, Method::Wanda, Rule::Count(8), per_row)
+                .unwrap();
             let w = view.matrix(&out.values);
             (0..rows)
                 .map(|r| (0..d).filter(|&j| w[r * d + j] == 0.0).count())
@@ -1054,12 +1370,100 @@ mod tests {
         };
         assert_eq!(v.nm_order(), vec![0, 2, 4, 6, 1, 3, 5, 7]);
         let values: Vec<f32> = (1..=16).map(|x| x as f32).collect();
-        let l = layer(values, v, None);
+        let l = layer(values.len(), v, None);
         let out = l
-            .prune(Method::Magnitude, Rule::Pattern { n: 2, m: 4 }, false)
+            .prune(
+                &values,
+                Method::Magnitude,
+                Rule::Pattern { n: 2, m: 4 },
+                false,
+            )
             .unwrap();
         // Row 0 = 1..8: channels at kernel 0 are 1,3,5,7 → keep 5,7; kernel 1: 2,4,6,8 → keep 6,8.
         assert_eq!(&out.values[..8], &[0.0, 0.0, 0.0, 0.0, 5.0, 6.0, 7.0, 8.0]);
+    }
+
+    /// Weights with many ties (few levels, both zeros), as bytes and floats.
+    fn tied(n: usize, seed: u64) -> Vec<f32> {
+        let mut next = lcg(seed);
+        (0..n)
+            .map(|_| {
+                let x = (next() * 10.0).round() as f32 / 4.0;
+                if x == 0.0 && next() > 0.0 {
+                    -0.0
+                } else {
+                    x
+                }
+            })
+            .collect()
+    }
+
+    fn le(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn magnitude_in_place_zeros_what_the_sorted_mask_zeros() {
+        let (d, rows) = (12, 7);
+        let conv = View {
+            rows,
+            d,
+            groups: 1,
+            kernel: 3,
+            transposed: false,
+        };
+        for (seed, view) in [(1, Some(dense(d, rows))), (2, Some(conv)), (3, None)] {
+            let values = tied(d * rows, seed);
+            let mut l = layer(values.len(), dense(d, rows), None);
+            l.view = view;
+            for k in [0, 1, 5, 20, 41, 42, 60, 83, 84, 200] {
+                let want = le(&l
+                    .prune(&values, Method::Magnitude, Rule::Count(k), false)
+                    .unwrap()
+                    .values);
+                for max_ties in [MAX_TIES, 3, 0] {
+                    let mut got = le(&values);
+                    magnitude_in_place_with(&mut got, view, k, max_ties).unwrap();
+                    assert_eq!(got, want, "view {view:?} k {k} max_ties {max_ties}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn split_lowest_counts_what_sorting_all_scores_gives() {
+        let mut next = lcg(9);
+        let parts: Vec<Vec<f64>> = [40, 0, 25, 60, 1]
+            .iter()
+            .map(|&n| {
+                (0..n)
+                    .map(|_| ((next() * 6.0).round() / 3.0).powi(2))
+                    .collect()
+            })
+            .collect();
+        let all: Vec<(f64, usize)> = parts
+            .iter()
+            .enumerate()
+            .flat_map(|(p, s)| s.iter().map(move |&v| (v, p)))
+            .collect();
+        let keys: Vec<f64> = all.iter().map(|a| a.0).collect();
+        for total in [0, 1, 7, 30, 63, 100, 125, 126] {
+            let mut want = vec![0usize; parts.len()];
+            for i in lowest(&keys, total) {
+                want[all[i].1] += 1;
+            }
+            let got = split_lowest(total, parts.len(), |p, f: &mut dyn FnMut(u64)| {
+                parts[p].iter().for_each(|&s| f(order_key(s)));
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            assert_eq!(got, Some(want), "total {total}");
+        }
+        let none = split_lowest(127, parts.len(), |p, f: &mut dyn FnMut(u64)| {
+            parts[p].iter().for_each(|&s| f(order_key(s)));
+            Ok::<(), ()>(())
+        });
+        assert_eq!(none, Ok(None));
     }
 
     #[test]

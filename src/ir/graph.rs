@@ -82,6 +82,11 @@ pub struct Graph {
     /// Nodes that hold subgraphs (kept by attach/detach), so edits that must
     /// look into subgraphs do not scan every node of a long graph.
     with_subgraphs: BTreeSet<NodeId>,
+    /// Each node's position in `order`, built on first need by [`Graph::uses`]
+    /// and cleared by every edit that moves nodes in the list (appending keeps
+    /// it), so a pass that asks for the uses of many values between edits of
+    /// the list (Identity bypassing) scans the list once, not once per value.
+    rank: std::sync::OnceLock<HashMap<NodeId, usize>>,
 }
 
 impl PartialEq for Graph {
@@ -145,6 +150,9 @@ impl Graph {
     pub fn add_node(&mut self, node: Node) -> NodeId {
         let id = NodeId(self.dag.add_node(node));
         self.attach(id);
+        if let Some(rank) = self.rank.get_mut() {
+            rank.insert(id, self.order.len());
+        }
         self.order.push(id);
         id
     }
@@ -154,6 +162,7 @@ impl Graph {
         let at = self.position(anchor);
         let id = NodeId(self.dag.add_node(node));
         self.attach(id);
+        self.rank.take();
         self.order.insert(at, id);
         id
     }
@@ -163,6 +172,7 @@ impl Graph {
         let at = self.position(anchor) + 1;
         let id = NodeId(self.dag.add_node(node));
         self.attach(id);
+        self.rank.take();
         self.order.insert(at, id);
         id
     }
@@ -172,6 +182,7 @@ impl Graph {
     pub fn remove_node(&mut self, id: NodeId) -> Node {
         self.detach(id);
         let at = self.position(id);
+        self.rank.take();
         self.order.remove(at);
         self.dag
             .remove_node(id.0)
@@ -188,6 +199,7 @@ impl Graph {
         for &id in &ids {
             self.detach(id);
         }
+        self.rank.take();
         self.order.retain(|id| !gone.contains(id));
         ids.into_iter()
             .map(|id| {
@@ -383,16 +395,16 @@ impl Graph {
             None => self.free_uses.get(value).cloned().unwrap_or_default(),
         };
         if uses.len() > 1 {
-            // One scan of the list for all of them (not one per use).
-            let users: HashSet<NodeId> = uses.iter().map(|u| u.node).collect();
-            let rank: HashMap<NodeId, usize> = self
-                .order
-                .iter()
-                .enumerate()
-                .filter(|(_, id)| users.contains(id))
-                .map(|(i, &id)| (id, i))
-                .collect();
-            uses.sort_by_key(|u| (rank[&u.node], u.slot));
+            // Positions from the cached index (one scan of the list per edit
+            // of the list, not one per call).
+            let rank = self.rank.get_or_init(|| {
+                self.order
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &id)| (id, i))
+                    .collect()
+            });
+            uses.sort_by_key(|u| (rank.get(&u.node).copied().unwrap_or(usize::MAX), u.slot));
         }
         uses
     }
@@ -654,6 +666,7 @@ impl Graph {
     /// Puts the node list in [`Graph::topological_order`].
     pub fn sort(&mut self) -> Result<(), IrError> {
         self.order = self.topological_order()?;
+        self.rank.take();
         Ok(())
     }
 }

@@ -4,6 +4,11 @@
 //! the memory-mapped model file, and external data is a slice of the
 //! memory-mapped side file, mapped on first use. Cloning a tensor clones a
 //! reference count, not the weights.
+//!
+//! A pass or the writer that is done with a mapped tensor's bytes calls
+//! [`Tensor::release_pages`]: the pages leave the process's resident set (the
+//! kernel's page cache keeps them; the next read maps them back in), so a
+//! pass that reads every weight once does not end up holding all of them.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -157,6 +162,15 @@ impl ExternalData {
         })
     }
 
+    /// Drops this tensor's pages of the side file from the process's
+    /// resident set (see [`ExternalFiles::release`]). The bytes stay readable:
+    /// the next access maps them back in from the page cache or the file.
+    pub fn release_pages(&self) {
+        if let Some(files) = &self.files {
+            files.release(&self.location, self.offset, self.length);
+        }
+    }
+
     /// The bytes, read (memory-mapped) from the side file on first use.
     pub fn bytes(&self) -> Result<Bytes, IrError> {
         let files = self.files.as_ref().ok_or_else(|| IrError::ExternalData {
@@ -211,12 +225,15 @@ fn check_location(location: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A mapped side file: its bytes, and the map itself (to release pages).
+type Mapped = (Bytes, Option<Arc<memmap2::Mmap>>);
+
 /// The side files of one model, memory-mapped on first use and shared by
 /// every tensor that lives in them.
 #[derive(Debug)]
 pub struct ExternalFiles {
     dir: PathBuf,
-    maps: Mutex<BTreeMap<String, Bytes>>,
+    maps: Mutex<BTreeMap<String, Mapped>>,
 }
 
 impl ExternalFiles {
@@ -261,14 +278,71 @@ impl ExternalFiles {
 
     fn map(&self, location: &str) -> Result<Bytes, String> {
         let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(b) = maps.get(location) {
+        if let Some((b, _)) = maps.get(location) {
             return Ok(b.clone());
         }
         let path = self.resolve(location)?;
-        let bytes = map_file(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        maps.insert(location.to_string(), bytes.clone());
+        let (bytes, map) =
+            map_shared(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        maps.insert(location.to_string(), (bytes.clone(), map));
         Ok(bytes)
     }
+
+    /// Drops the whole pages inside bytes `offset..offset + length` of side
+    /// file `location` from the process's resident set (`madvise(MADV_DONTNEED)`
+    /// on the read-only shared map: the kernel unmaps the pages, the page
+    /// cache keeps them, and the next read faults them back in with the same
+    /// contents). Pages shared with a neighbouring range stay. Does nothing
+    /// when the file is not mapped yet.
+    pub fn release(&self, location: &str, offset: u64, length: u64) {
+        let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((_, Some(map))) = maps.get(location) else {
+            return;
+        };
+        let page = page_size();
+        let (Ok(offset), Ok(length)) = (usize::try_from(offset), usize::try_from(length)) else {
+            return;
+        };
+        let start = offset.div_ceil(page).saturating_mul(page);
+        let end = (offset.saturating_add(length).min(map.len()) / page) * page;
+        if end > start {
+            // SAFETY: the map is read-only and shared (memmap2 maps read-only
+            // files MAP_SHARED), so MADV_DONTNEED changes no byte a reader
+            // sees: the pages are read back from the file on the next access.
+            // No reference into the map is invalidated.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+}
+
+/// The system's page size (4 KiB when it cannot be asked).
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
+/// A shared read-only map seen as bytes.
+struct SharedMap(Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for SharedMap {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Memory-maps a file read-only and keeps a handle on the map for
+/// [`ExternalFiles::release`] (`None` for an empty file).
+fn map_shared(path: &Path) -> std::io::Result<Mapped> {
+    let file = File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok((Bytes::new(), None));
+    }
+    // SAFETY: as in `map_file`.
+    let map = Arc::new(unsafe { memmap2::Mmap::map(&file)? });
+    Ok((Bytes::from_owner(SharedMap(map.clone())), Some(map)))
 }
 
 /// Memory-maps a file read-only (empty files become empty buffers).
@@ -327,6 +401,15 @@ impl Tensor {
         self.dims.iter().try_fold(1u64, |acc, &d| {
             u64::try_from(d).ok().and_then(|d| acc.checked_mul(d))
         })
+    }
+
+    /// Drops the pages of this tensor's side-file bytes from the process's
+    /// resident set once a reader is done with them ([`ExternalData::release_pages`]);
+    /// nothing for tensors held in memory or in the model file.
+    pub fn release_pages(&self) {
+        if let TensorData::External(e) = &self.data {
+            e.release_pages();
+        }
     }
 
     /// True when the data lives in a side file.

@@ -13,7 +13,9 @@ use prost::Message;
 
 use super::encode::{to_proto, write_model};
 use super::{decode, proto, OnnxError};
-use crate::ir::{map_file, AttrValue, ExternalFiles, Graph, Model, Tensor, TensorData};
+use crate::ir::{
+    map_file, AttrValue, ExternalData, ExternalFiles, Graph, Model, Tensor, TensorData,
+};
 
 /// Reads a model file. Tensor data stays in the memory map; external data is
 /// resolved relative to the model's folder and checked (relative location,
@@ -85,18 +87,18 @@ pub fn save(model: &Model, path: &Path, options: &SaveOptions) -> Result<SaveRep
     // output, unless that file is one the input reads: then they move to the
     // output's own side file (renaming over the input's would change what the
     // input reads), in the order the model lists them, one copy per range.
-    let mut sources: BTreeMap<(String, u64, u64), (Bytes, Option<PathBuf>)> = BTreeMap::new();
+    let mut sources: BTreeMap<(String, u64, u64), Source> = BTreeMap::new();
     for t in all_tensors(model) {
         if let TensorData::External(e) = &t.data {
             let key = (e.location.clone(), e.offset, e.length);
             if let std::collections::btree_map::Entry::Vacant(slot) = sources.entry(key) {
-                slot.insert((e.bytes()?, e.path()));
+                slot.insert((e.bytes()?, e.path(), e));
             }
         }
     }
     // The files this save renames into place must not be ones the input reads.
     let side_target = dir.join(&location);
-    for read in sources.values().filter_map(|(_, p)| p.as_ref()) {
+    for read in sources.values().filter_map(|(_, p, _)| p.as_ref()) {
         for target in [&side_target, &path.to_path_buf()] {
             if same_file(read, target) {
                 return Err(OnnxError::Invalid(format!(
@@ -120,7 +122,7 @@ pub fn save(model: &Model, path: &Path, options: &SaveOptions) -> Result<SaveRep
                 .is_some_and(|raw| threshold.is_some_and(|th| raw.len() as u64 >= th));
             if main_initializer && big {
                 let raw = t.raw_data.take().unwrap_or_default();
-                let offset = side.append(&location, raw.clone());
+                let offset = side.append(&location, raw.clone(), None);
                 t.data_location = Some(proto::tensor_proto::DataLocation::External as i32);
                 t.external_data = external_entries(&location, offset, raw.len(), &[]);
             }
@@ -145,7 +147,7 @@ pub fn save(model: &Model, path: &Path, options: &SaveOptions) -> Result<SaveRep
                 None => return,
             },
         };
-        let Some((bytes, read)) = sources.get(&key) else {
+        let Some(&(ref bytes, ref read, from)) = sources.get(&key) else {
             return;
         };
         // Where writing the same location beside the output would not touch
@@ -153,13 +155,13 @@ pub fn save(model: &Model, path: &Path, options: &SaveOptions) -> Result<SaveRep
         // lossless round trip); otherwise it moves to the output's own file.
         let kept = dir.join(&key.0);
         if !read.as_ref().is_some_and(|r| same_file(r, &kept)) {
-            side.add(&key.0, key.1, bytes.clone());
+            side.add(&key.0, key.1, bytes.clone(), Some(from));
             return;
         }
         let new_offset = match placed.get(&key) {
             Some(&o) => o,
             None => {
-                let o = side.append(&location, bytes.clone());
+                let o = side.append(&location, bytes.clone(), Some(from));
                 placed.insert(key, o);
                 o
             }
@@ -189,10 +191,11 @@ pub fn save(model: &Model, path: &Path, options: &SaveOptions) -> Result<SaveRep
         // One sequential stream: chunks in offset order, gaps written as zeros.
         let mut f = BufWriter::with_capacity(1 << 20, tmp.file()?);
         let mut at = 0u64;
-        for (offset, bytes) in chunks {
+        for (offset, chunk) in chunks {
+            let bytes = &chunk.bytes;
             let gap = offset.saturating_sub(at);
             std::io::copy(&mut std::io::repeat(0).take(gap), &mut f)
-                .and_then(|_| f.write_all(bytes))
+                .and_then(|_| write_chunk(&mut f, chunk))
                 .map_err(|source| tmp.io_error(source))?;
             at = offset + bytes.len() as u64;
             report.external_bytes += bytes.len() as u64;
@@ -219,6 +222,9 @@ pub fn save(model: &Model, path: &Path, options: &SaveOptions) -> Result<SaveRep
     }
     Ok(report)
 }
+
+/// An input tensor's bytes, the side file they come from and its entry.
+type Source<'a> = (Bytes, Option<PathBuf>, &'a ExternalData);
 
 /// True when both paths name one existing file.
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -319,7 +325,7 @@ fn externalize(
             continue;
         }
         let raw = t.raw_data.take().unwrap_or_default();
-        let offset = side.append(location, raw.clone());
+        let offset = side.append(location, raw.clone(), None);
         t.data_location = Some(proto::tensor_proto::DataLocation::External as i32);
         t.external_data = external_entries(location, offset, raw.len(), &[]);
     }
@@ -363,29 +369,82 @@ fn all_tensors(model: &Model) -> Vec<&Tensor> {
     out
 }
 
-/// Side-file contents to write: location -> (offset -> bytes).
-#[derive(Default)]
-struct SideFiles {
-    files: BTreeMap<String, BTreeMap<u64, Bytes>>,
+/// Bytes to write to a side file, and the input's side file they are a map
+/// of, if they are.
+struct Chunk<'a> {
+    bytes: Bytes,
+    from: Option<&'a ExternalData>,
 }
 
-impl SideFiles {
+/// Writes one chunk at the file's position. Bytes of an input side file are
+/// copied file to file by the kernel (`copy_file_range`: no page of the input
+/// enters this process) and their mapped pages released; where the kernel
+/// cannot (another file system, no support), or for bytes in memory, one
+/// `write` straight from the slice (no intermediate buffer).
+fn write_chunk(f: &mut BufWriter<File>, chunk: &Chunk) -> std::io::Result<()> {
+    let bytes = &chunk.bytes;
+    let mut done = 0usize;
+    #[cfg(target_os = "linux")]
+    if let Some((path, e)) = chunk.from.and_then(|e| Some((e.path()?, e))) {
+        use std::os::unix::io::AsRawFd;
+        f.flush()?;
+        if let Ok(src) = File::open(&path) {
+            let mut off_in = i64::try_from(e.offset).unwrap_or(i64::MAX);
+            while done < bytes.len() {
+                let want = (bytes.len() - done).min(1 << 30);
+                // SAFETY: both descriptors are open for the call; `off_in` is
+                // a valid i64 the kernel advances; a null out-offset means the
+                // output's own file position, which the kernel advances.
+                let n = unsafe {
+                    libc::copy_file_range(
+                        src.as_raw_fd(),
+                        &mut off_in,
+                        f.get_ref().as_raw_fd(),
+                        std::ptr::null_mut(),
+                        want,
+                        0,
+                    )
+                };
+                match usize::try_from(n) {
+                    Ok(n) if n > 0 => done += n,
+                    // 0 (end of file) or an error: write the rest from the map.
+                    _ => break,
+                }
+            }
+        }
+    }
+    f.write_all(&bytes[done..])?;
+    if let Some(e) = chunk.from {
+        e.release_pages();
+    }
+    Ok(())
+}
+
+/// Side-file contents to write: location -> (offset -> bytes).
+#[derive(Default)]
+struct SideFiles<'a> {
+    files: BTreeMap<String, BTreeMap<u64, Chunk<'a>>>,
+}
+
+impl<'a> SideFiles<'a> {
     /// Places `bytes` at `offset` of `location` (a tensor keeping its place).
-    fn add(&mut self, location: &str, offset: u64, bytes: Bytes) {
+    fn add(&mut self, location: &str, offset: u64, bytes: Bytes, from: Option<&'a ExternalData>) {
         self.files
             .entry(location.to_string())
             .or_default()
-            .insert(offset, bytes);
+            .insert(offset, Chunk { bytes, from });
     }
 
     /// Appends after everything already placed in `location`; large tensors
     /// start on a page boundary so runtimes can memory-map them.
-    fn append(&mut self, location: &str, bytes: Bytes) -> u64 {
+    fn append(&mut self, location: &str, bytes: Bytes, from: Option<&'a ExternalData>) -> u64 {
         let file = self.files.entry(location.to_string()).or_default();
-        let end = file.last_key_value().map_or(0, |(o, b)| o + b.len() as u64);
+        let end = file
+            .last_key_value()
+            .map_or(0, |(o, c)| o + c.bytes.len() as u64);
         let align = if bytes.len() >= 1 << 20 { 4096 } else { 16 };
         let offset = end.div_ceil(align) * align;
-        file.insert(offset, bytes);
+        file.insert(offset, Chunk { bytes, from });
         offset
     }
 }
