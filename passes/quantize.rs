@@ -82,6 +82,7 @@
 //! outcome, and the initializer bytes before and after.
 
 mod correction;
+mod crossval;
 mod dynamic;
 mod equalize;
 mod gptq;
@@ -210,6 +211,14 @@ pub struct Target {
     /// the bench: holding out cost held-out SQNR and changed no verdict)
     /// calibrates and searches on every sample.
     pub holdout: f64,
+    /// Folds of the cross-validated check (0 turns it off): once the
+    /// written model meets the target on the search's samples, the same
+    /// configuration (float set, scaling, range methods, equalization, GPTQ)
+    /// is calibrated again on all folds but one and scored on the one left
+    /// out, each fold in turn; the held-out outputs, pooled as `whittle
+    /// validate` pools, must meet the target too, else more nodes stay
+    /// float. The written model is still calibrated on every sample.
+    pub folds: usize,
 }
 
 impl Target {
@@ -231,6 +240,7 @@ impl Default for Target {
             min_top1: None,
             samples: 8,
             holdout: 0.0,
+            folds: crossval::DEFAULT_FOLDS,
         }
     }
 }
@@ -570,6 +580,12 @@ impl Config for Quantize {
                     format!("{} is not a fraction in [0, 1)", t.holdout),
                 ));
             }
+            if t.folds == 1 {
+                return Err(config_error(
+                    "target.folds",
+                    "1 fold leaves nothing to calibrate on: give 0 (off) or at least 2",
+                ));
+            }
         }
         let s = self.settings();
         let dynamic = self
@@ -871,6 +887,10 @@ impl Pass for Quantize {
         let mut samples = calib::load_samples(model, ctx, self.calibration.samples, &mut report)?;
         let held = self.hold_out(&mut samples, &mut report);
         let threads = ctx.threads.unwrap_or_else(crate::exec::default_threads);
+        // The cross-validated check calibrates again from here, equalization
+        // included (a copy only when it needs one).
+        let folds = self.target.as_ref().map_or(0, |t| t.folds);
+        let before_equalize = (folds > 1 && self.equalize).then(|| model.clone());
         if self.equalize {
             let n = self.equalize(model, &samples, ctx, threads, &mut report)?;
             report.count("tensors_equalized", n as i64);
@@ -1029,6 +1049,7 @@ impl Pass for Quantize {
                 )?),
             };
             let (mut retries, mut step) = (0, 1);
+            let mut cv_retries = 0;
             loop {
                 let got = measure::run("quantized model", model, &samples, dir, threads, true)?;
                 let on_search = measure::score(&reference, &got);
@@ -1040,7 +1061,25 @@ impl Pass for Quantize {
                     }
                     None => None,
                 };
-                let ok = on_search.meets_pooled(&th) && on_held.is_none_or(|h| h.meets_pooled(&th));
+                let written_ok =
+                    on_search.meets_pooled(&th) && on_held.is_none_or(|h| h.meets_pooled(&th));
+                // Only a choice the written model meets is cross-validated.
+                let cross = match written_ok {
+                    true => {
+                        let base = crossval::Base {
+                            model: before_equalize.as_ref().unwrap_or(&before),
+                            needed,
+                            cal: &cal,
+                        };
+                        let keep = &keep_float;
+                        self.cross_validate(
+                            &base, &s, keep, &samples, &reference, folds, ctx, threads,
+                        )?
+                    }
+                    false => None,
+                };
+                let cross_ok = cross.is_none_or(|c| c.score.meets_pooled(&th));
+                let ok = written_ok && cross_ok;
                 found.accepted = Some(sensitivity::Acceptance {
                     search: on_search,
                     source: if ctx.data.is_some() {
@@ -1049,7 +1088,9 @@ impl Pass for Quantize {
                         "synthetic"
                     },
                     holdout: on_held,
+                    cross_validated: cross,
                     retries,
+                    cv_retries,
                 });
                 let kept: BTreeSet<usize> = (0..found.rows.len())
                     .filter(|&i| keep_float.contains(&found.rows[i].node))
@@ -1058,10 +1099,12 @@ impl Pass for Quantize {
                     found.met = found.met && ok;
                     break;
                 }
-                // Missed as written: keep the next ranked nodes float too.
+                // Missed as written, or on the folds: keep the next ranked
+                // nodes float too.
                 let wider = measure::widen(found.rows.len(), &kept, step);
                 step *= 2;
                 retries += 1;
+                cv_retries += usize::from(!cross_ok);
                 keep_float = wider.iter().map(|&i| found.rows[i].node).collect();
                 *model = before.clone();
                 plan = self.plan_for(&model.graph, &s, &keep_float)?;
