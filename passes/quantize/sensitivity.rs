@@ -642,7 +642,7 @@ impl Outcome {
                 if a.retries > 0 {
                     let _ = write!(
                         table,
-                        "; kept more nodes float {} times after the written model missed ({} of them on the cross-validated estimate)",
+                        "; kept more nodes float {} times after the written model missed ({} of them recalibrated on the folds)",
                         a.retries, a.cv_retries
                     );
                 }
