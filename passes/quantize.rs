@@ -69,6 +69,10 @@
 //! run on every calibration sample as `whittle validate` runs it, against
 //! the pass's input model; if it misses, more ranked nodes stay float until
 //! it holds, and the target line gives that figure and names the samples.
+//! `target.folds` (default 4) cross-validates the search itself: each fold
+//! is scored by the choice a search made without it, and that estimate must
+//! meet the target too (see `measure::validated_search`); `target.refit`
+//! also calibrates the choice again without each fold (`crossval.rs`).
 //! `target.holdout` keeps the last samples out of calibration and the search
 //! and requires the target on them too.
 //!
@@ -211,13 +215,13 @@ pub struct Target {
     /// the bench: holding out cost held-out SQNR and changed no verdict)
     /// calibrates and searches on every sample.
     pub holdout: f64,
-    /// Folds of the cross-validated check (0 turns it off): once the
-    /// written model meets the target on the search's samples, the same
-    /// configuration (float set, scaling, range methods, equalization, GPTQ)
-    /// is calibrated again on all folds but one and scored on the one left
-    /// out, each fold in turn; the held-out outputs, pooled as `whittle
-    /// validate` pools, must meet the target too, else more nodes stay
-    /// float. The written model is still calibrated on every sample.
+    /// Folds of the cross-validated check (0 turns it off): the search runs
+    /// again on each fold's complement and its choice is scored on the fold
+    /// it did not see; those scores, pooled as `whittle validate` pools,
+    /// less the margin the 95% lower bound took on all samples, must meet the
+    /// target, else the SQNR asked of the samples is raised by the shortfall
+    /// and the search runs again (at most 4 searches). The written model is
+    /// still calibrated on every sample. Default 4, chosen on the bench.
     pub folds: usize,
     /// With `folds`, also calibrate the chosen configuration (float set,
     /// scaling, range methods, equalization, GPTQ) again on all folds but
