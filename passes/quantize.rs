@@ -1962,6 +1962,23 @@ mod tests {
     }
 
     #[test]
+    fn target_folds_default_to_four_and_bad_fold_options_name_their_path() {
+        let t: Quantize =
+            parse_config(&serde_json::json!({"target": {"min_sqnr_db": 25}})).unwrap();
+        let t = t.target.unwrap();
+        assert_eq!((t.folds, t.refit), (4, false));
+        let bad = |v: serde_json::Value| parse_config::<Quantize>(&v).unwrap_err().field;
+        assert_eq!(
+            bad(serde_json::json!({"target": {"min_sqnr_db": 25, "folds": 1}})),
+            "target.folds"
+        );
+        assert_eq!(
+            bad(serde_json::json!({"target": {"min_sqnr_db": 25, "folds": 0, "refit": true}})),
+            "target.refit"
+        );
+    }
+
+    #[test]
     fn profiles_fill_in_defaults_and_explicit_options_win() {
         let trt: Quantize = parse_config(&serde_json::json!({"profile": "tensorrt"})).unwrap();
         let s = trt.settings();
