@@ -112,7 +112,8 @@ impl Score {
         self.meets_with(t, self.sqnr_db)
     }
 
-    fn meets_with(&self, t: &Thresholds, sqnr: f64) -> bool {
+    /// The thresholds hold, SQNR judged on `sqnr`.
+    pub fn meets_with(&self, t: &Thresholds, sqnr: f64) -> bool {
         t.min_sqnr_db.is_none_or(|m| sqnr >= m)
             && t.min_cosine.is_none_or(|m| self.cosine >= m)
             && t.min_top1.is_none_or(|m| self.top1.is_none_or(|v| v >= m))
@@ -145,34 +146,84 @@ pub fn run(
 /// The score of `got` against `reference` (same samples, same outputs), by
 /// `whittle validate`'s definitions (see the module doc).
 pub fn score(reference: &[Vec<Array>], got: &[Vec<Array>]) -> Score {
-    let outputs = reference.first().map_or(0, Vec::len);
-    let mut s = Score {
-        sqnr_db: f64::INFINITY,
-        sqnr_db_low: f64::INFINITY,
-        cosine: 1.0,
-        top1: None,
-        samples: reference.len().min(got.len()),
-    };
-    for k in 0..outputs {
-        let mut st: Option<metrics::Stats> = None;
-        let mut noise: Vec<f64> = Vec::with_capacity(reference.len());
-        for (r, g) in reference.iter().zip(got) {
-            let one = metrics::compare(&r[k], &g[k]);
-            noise.push(one.sum_noise_sq);
-            match &mut st {
-                Some(acc) => acc.merge(&one),
-                None => st = Some(one),
+    let c = compare(reference, got);
+    c.score((0..c.samples()).collect::<Vec<_>>().as_slice())
+}
+
+/// Per-sample, per-output comparisons of a variant's outputs with the
+/// reference's, from which the [`Score`] of any subset of the samples is
+/// pooled exactly as [`score`] pools all of them (what the cross-validated
+/// search scores folds with, without running a variant twice).
+#[derive(Debug, Clone, Default)]
+pub struct Compared {
+    /// `[sample][output]`.
+    per_sample: Vec<Vec<metrics::Stats>>,
+}
+
+/// The comparisons of `got` with `reference`, sample by sample.
+pub fn compare(reference: &[Vec<Array>], got: &[Vec<Array>]) -> Compared {
+    Compared {
+        per_sample: reference
+            .iter()
+            .zip(got)
+            .map(|(r, g)| {
+                r.iter()
+                    .zip(g)
+                    .map(|(a, b)| metrics::compare(a, b))
+                    .collect()
+            })
+            .collect(),
+    }
+}
+
+impl Compared {
+    /// Samples compared.
+    pub fn samples(&self) -> usize {
+        self.per_sample.len()
+    }
+
+    /// The comparisons of sample `i` taken from `other` instead (the
+    /// out-of-fold outputs of a cross-validation come from several variants).
+    fn take_sample(&mut self, i: usize, other: &Compared) {
+        if self.per_sample.len() <= i {
+            self.per_sample.resize(i + 1, Vec::new());
+        }
+        self.per_sample[i] = other.per_sample[i].clone();
+    }
+
+    /// The [`Score`] pooled over the samples `which` (indices).
+    pub fn score(&self, which: &[usize]) -> Score {
+        let outputs = which
+            .first()
+            .and_then(|&i| self.per_sample.get(i))
+            .map_or(0, Vec::len);
+        let mut s = Score {
+            sqnr_db: f64::INFINITY,
+            sqnr_db_low: f64::INFINITY,
+            cosine: 1.0,
+            top1: None,
+            samples: which.len(),
+        };
+        for k in 0..outputs {
+            let mut st: Option<metrics::Stats> = None;
+            let mut noise: Vec<f64> = Vec::with_capacity(which.len());
+            for one in which.iter().filter_map(|&i| self.per_sample[i].get(k)) {
+                noise.push(one.sum_noise_sq);
+                match &mut st {
+                    Some(acc) => acc.merge(one),
+                    None => st = Some(one.clone()),
+                }
+            }
+            let Some(st) = st else { continue };
+            s.sqnr_db = s.sqnr_db.min(st.sqnr_db());
+            s.sqnr_db_low = s.sqnr_db_low.min(lower_bound_db(st.sum_a_sq, &noise));
+            s.cosine = s.cosine.min(st.cosine());
+            if let Some(t) = st.top1() {
+                s.top1 = Some(s.top1.map_or(t, |v: f64| v.min(t)));
             }
         }
-        let Some(st) = st else { continue };
-        s.sqnr_db = s.sqnr_db.min(st.sqnr_db());
-        s.sqnr_db_low = s.sqnr_db_low.min(lower_bound_db(st.sum_a_sq, &noise));
-        s.cosine = s.cosine.min(st.cosine());
-        if let Some(t) = st.top1() {
-            s.top1 = Some(s.top1.map_or(t, |v: f64| v.min(t)));
-        }
+        s
     }
-    s
 }
 
 /// One-sided 95% lower confidence bound of the SQNR, from the signal energy
@@ -359,6 +410,140 @@ fn give_back(
     Ok(())
 }
 
+/// `k` contiguous folds of `n` samples (sizes differ by at most one, the
+/// larger first), every sample in exactly one; fewer when `n < k`.
+pub fn folds(n: usize, k: usize) -> Vec<std::ops::Range<usize>> {
+    let k = k.min(n).max(1);
+    let (base, extra) = (n / k, n % k);
+    let mut out = Vec::with_capacity(k);
+    let mut start = 0;
+    for f in 0..k {
+        let len = base + usize::from(f < extra);
+        out.push(start..start + len);
+        start += len;
+    }
+    out
+}
+
+/// Rounds of [`validated_search`]: each asks the samples for more SQNR.
+const CV_ROUNDS: usize = 4;
+
+/// What [`validated_search`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    /// The choice on all the samples (`met` also requires the estimate).
+    pub found: Found,
+    /// The cross-validated estimate of the choice: every sample scored by
+    /// the choice a search made without it, pooled (`None` with fewer than
+    /// two folds or when the search did not meet the target at all).
+    pub estimate: Option<Score>,
+    /// The estimate's SQNR less the search's own margin (its pooled SQNR
+    /// minus its 95% lower bound on all samples): what must meet the target.
+    pub estimate_low_db: f64,
+    /// Folds used.
+    pub folds: usize,
+    /// SQNR asked of the samples above the target in the last round, dB.
+    pub raised_db: f64,
+    /// Searches on all the samples (one, plus one per round the estimate
+    /// missed).
+    pub rounds: usize,
+    /// Distinct variants scored (each once, on every sample).
+    pub variants_run: usize,
+}
+
+/// Variants scored once on every sample, by kept set.
+struct Seen<F> {
+    evaluate: F,
+    done: BTreeMap<BTreeSet<usize>, Compared>,
+}
+
+impl<F: FnMut(&BTreeSet<usize>) -> Result<Compared, PassError>> Seen<F> {
+    fn get(&mut self, kept: &BTreeSet<usize>) -> Result<&Compared, PassError> {
+        if !self.done.contains_key(kept) {
+            let c = (self.evaluate)(kept)?;
+            self.done.insert(kept.clone(), c);
+        }
+        Ok(&self.done[kept])
+    }
+}
+
+/// [`search`], with its choice confirmed by cross-validating the search
+/// itself: the samples are cut into `folds` contiguous [`folds`]; for each,
+/// the same search runs on the other samples only, and its choice is scored
+/// on the fold it did not see. Those out-of-fold scores, pooled over all
+/// the samples as `whittle validate` pools, estimate what the search's
+/// choice gives on inputs it was not chosen on (a search that picks among
+/// many variants by these samples fits their noise: its own figure is
+/// optimistic). The estimate must meet the target after the margin the
+/// lower-bound rule asked on all the samples (pooled SQNR minus the bound)
+/// is taken off it, as the search's own figure must. When it misses, the SQNR asked
+/// of the samples is raised by the shortfall and everything runs again (at
+/// most 4 rounds; the last round's estimate decides `met`). `evaluate(kept)`
+/// runs a variant on every sample once; folds reuse its comparisons.
+pub fn validated_search(
+    units: &[Unit],
+    t: &Thresholds,
+    folds_wanted: usize,
+    samples: usize,
+    evaluate: impl FnMut(&BTreeSet<usize>) -> Result<Compared, PassError>,
+) -> Result<Validated, PassError> {
+    let all: Vec<usize> = (0..samples).collect();
+    let mut seen = Seen {
+        evaluate,
+        done: BTreeMap::new(),
+    };
+    let parts = folds(samples, folds_wanted);
+    let (mut raised_db, mut round) = (0.0, 0);
+    loop {
+        round += 1;
+        let asked = Thresholds {
+            min_sqnr_db: t.min_sqnr_db.map(|v| v + raised_db),
+            ..*t
+        };
+        let mut found = search(units, &asked, None, |k| Ok(seen.get(k)?.score(&all)))?;
+        let mut out = Validated {
+            found: found.clone(),
+            estimate: None,
+            folds: parts.len(),
+            raised_db,
+            rounds: round,
+            variants_run: 0,
+            estimate_low_db: f64::NAN,
+        };
+        if folds_wanted < 2 || parts.len() < 2 || !found.met {
+            out.variants_run = seen.done.len();
+            return Ok(out);
+        }
+        let mut held = Compared::default();
+        for part in &parts {
+            let train: Vec<usize> = all.iter().copied().filter(|i| !part.contains(i)).collect();
+            let f = search(units, &asked, None, |k| Ok(seen.get(k)?.score(&train)))?;
+            let c = seen.get(&f.kept)?;
+            for i in part.clone() {
+                held.take_sample(i, c);
+            }
+        }
+        let estimate = held.score(&all);
+        // The lower-bound rule, applied to the estimate: it must clear the
+        // target by the margin the search's own bound asked on these samples.
+        let margin = found.score.sqnr_db - found.score.sqnr_db_low;
+        let estimate_low = estimate.sqnr_db - margin.max(0.0);
+        let shortfall = t.min_sqnr_db.map_or(0.0, |m| m - estimate_low);
+        let ok = estimate.meets_with(t, estimate_low);
+        // Stop when it holds, when only another gate misses (raising the
+        // SQNR asked is no cure for that), or after the last round.
+        if ok || shortfall <= 0.0 || round == CV_ROUNDS {
+            found.met = found.met && ok;
+            out.found = found;
+            out.estimate = Some(estimate);
+            out.estimate_low_db = estimate_low;
+            out.variants_run = seen.done.len();
+            return Ok(out);
+        }
+        raised_db += shortfall.max(0.1);
+    }
+}
+
 /// `kept` and the next `step` ranked units of `0..units` it lacks: the next
 /// set to try when an acceptance of `kept` failed. Equal to `kept` when
 /// every unit is kept already.
@@ -441,6 +626,82 @@ mod tests {
         assert!(!none.met && none.kept.len() == 4);
         assert_eq!(widen(4, &BTreeSet::from([1]), 2), BTreeSet::from([0, 1, 2]));
         assert_eq!(widen(2, &BTreeSet::from([0, 1]), 2), BTreeSet::from([0, 1]));
+    }
+
+    #[test]
+    fn folds_hold_every_sample_back_exactly_once_in_order() {
+        for (n, k) in [(32, 4), (33, 4), (10, 3), (3, 4), (2, 2), (1, 4)] {
+            let parts = folds(n, k);
+            assert_eq!(parts.len(), k.min(n));
+            // Contiguous, in order, covering 0..n once.
+            let mut next = 0;
+            for p in &parts {
+                assert_eq!(p.start, next, "{n} in {k}: {parts:?}");
+                assert!(!p.is_empty());
+                next = p.end;
+            }
+            assert_eq!(next, n);
+            // Sizes differ by at most one.
+            let sizes: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+            assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+            // Deterministic.
+            assert_eq!(parts, folds(n, k));
+        }
+        assert_eq!(folds(10, 3), vec![0..4, 4..7, 7..10]);
+    }
+
+    #[test]
+    fn a_search_that_fits_its_samples_is_caught_by_the_folds() {
+        // 8 samples, signal 1 each. Units 0..8 are cheap and each lowers the
+        // noise of its own sample only (0.09 -> 0.009); unit 8 is costly and
+        // lowers every sample's (-> 1e-4). Keeping the 8 cheap ones meets
+        // 20 dB on these samples (20.5), but a search that did not see a
+        // sample keeps no unit for it: the choice does not generalize.
+        let units: Vec<Unit> = (0..9)
+            .map(|i| Unit {
+                label: format!("n{i}"),
+                cost: Some(if i == 8 { 1000 } else { 1 }),
+            })
+            .collect();
+        let t = Thresholds {
+            min_sqnr_db: Some(20.0),
+            ..Thresholds::default()
+        };
+        let a = |v: f32| vec![Array::from_f32(vec![1, 1], &[v])];
+        let compared = |kept: &BTreeSet<usize>| {
+            let reference: Vec<Vec<Array>> = (0..8).map(|_| a(1.0)).collect();
+            let got: Vec<Vec<Array>> = (0..8)
+                .map(|i| {
+                    a(if kept.contains(&8) {
+                        1.01
+                    } else if kept.contains(&i) {
+                        1.0 + 0.009f32.sqrt()
+                    } else {
+                        1.3
+                    })
+                })
+                .collect();
+            compare(&reference, &got)
+        };
+        let plain = validated_search(&units, &t, 0, 8, |k| Ok(compared(k))).unwrap();
+        assert!(plain.found.met && plain.estimate.is_none());
+        assert_eq!(plain.found.kept, (0..8).collect());
+        // The folds: the search that did not see samples 6 and 7 keeps units
+        // 0..6 only; pooled out of fold, 15.3 dB. Asked for 4.7 dB more, the
+        // search keeps unit 8, and then the estimate holds.
+        let checked = validated_search(&units, &t, 4, 8, |k| Ok(compared(k))).unwrap();
+        assert!(checked.found.met, "{checked:?}");
+        assert!(checked.found.kept.contains(&8), "{checked:?}");
+        assert!(checked.estimate.unwrap().sqnr_db >= 20.0, "{checked:?}");
+        assert_eq!((checked.rounds, checked.folds), (2, 4));
+        assert!(
+            (checked.raised_db - (20.0 - 15.33)).abs() < 0.05,
+            "{checked:?}"
+        );
+        assert_eq!(
+            validated_search(&units, &t, 4, 8, |k| Ok(compared(k))).unwrap(),
+            checked
+        );
     }
 
     #[test]

@@ -85,6 +85,8 @@ pub struct Outcome {
     pub met: bool,
     /// Variant models built and run.
     pub evaluations: usize,
+    /// The cross-validated search's estimate and rounds (`target.folds`).
+    pub validated: Option<measure::Validated>,
     /// The model as written, measured as `whittle validate` measures it.
     pub accepted: Option<Acceptance>,
 }
@@ -99,8 +101,12 @@ pub struct Acceptance {
     pub source: &'static str,
     /// On the samples `target.holdout` kept out of calibration and search.
     pub holdout: Option<Score>,
+    /// The cross-validated estimate (`target.folds`) of the same choice.
+    pub cross_validated: Option<super::crossval::CrossVal>,
     /// Times more nodes were kept float because the acceptance failed.
     pub retries: usize,
+    /// Of those, times because the cross-validated estimate missed.
+    pub cv_retries: usize,
 }
 
 /// What measuring variant models needs, built once per pass run and shared
@@ -157,12 +163,35 @@ impl<'a> Probe<'a> {
         n: usize,
         threads: usize,
     ) -> Result<Score, PassError> {
+        let got = self.outputs(s, keep, n, threads)?;
+        Ok(measure::score(&self.reference[..n], &got))
+    }
+
+    /// The variant's comparisons with the float model on every sample, one
+    /// by one (what the cross-validated search scores folds from).
+    fn compared(
+        &self,
+        s: &Settings,
+        keep: &BTreeSet<NodeId>,
+        threads: usize,
+    ) -> Result<measure::Compared, PassError> {
+        let got = self.outputs(s, keep, self.samples.len(), threads)?;
+        Ok(measure::compare(self.reference, &got))
+    }
+
+    /// The variant's outputs on the first `n` samples.
+    fn outputs(
+        &self,
+        s: &Settings,
+        keep: &BTreeSet<NodeId>,
+        n: usize,
+        threads: usize,
+    ) -> Result<Vec<Vec<Array>>, PassError> {
         let m = self.q.variant(self.model, s, keep, self.cal)?;
         let r = Runner::from_model("quantized variant", &m, self.dir)
             .map_err(probe_error)?
             .without_optimization();
-        let got = run_samples(&r, &self.samples[..n], threads).map_err(probe_error)?;
-        Ok(measure::score(&self.reference[..n], &got))
+        run_samples(&r, &self.samples[..n], threads).map_err(probe_error)
     }
 
     /// `score` of every job on the first `eval` samples, in parallel (one
@@ -241,6 +270,7 @@ pub fn analyse(
 
     let mut evaluations = jobs.len();
     let (mut keep_float, mut chosen, mut met) = (BTreeSet::new(), full, true);
+    let mut validated = None;
     if let Some(t) = &q.target {
         // The decision is checked on all the data, the ranking on the first samples.
         let units: Vec<measure::Unit> = rows
@@ -250,12 +280,23 @@ pub fn analyse(
                 cost: r.macs,
             })
             .collect();
-        let none_kept = (check <= probe.eval).then_some(full);
-        let found = measure::search(&units, &t.thresholds(), none_kept, |kept| {
-            let ids: BTreeSet<NodeId> = kept.iter().map(|&i| rows[i].node).collect();
-            evaluate(&ids, check, threads)
-        })?;
-        evaluations += found.evaluations;
+        let found = if t.folds >= 2 {
+            let v = measure::validated_search(&units, &t.thresholds(), t.folds, check, |kept| {
+                let ids: BTreeSet<NodeId> = kept.iter().map(|&i| rows[i].node).collect();
+                probe.compared(s, &ids, threads)
+            })?;
+            evaluations += v.variants_run;
+            validated = Some(v.clone());
+            v.found
+        } else {
+            let none_kept = (check <= probe.eval).then_some(full);
+            let found = measure::search(&units, &t.thresholds(), none_kept, |kept| {
+                let ids: BTreeSet<NodeId> = kept.iter().map(|&i| rows[i].node).collect();
+                evaluate(&ids, check, threads)
+            })?;
+            evaluations += found.evaluations;
+            found
+        };
         keep_float = found.kept.iter().map(|&i| rows[i].node).collect();
         chosen = found.score;
         met = found.met;
@@ -267,6 +308,7 @@ pub fn analyse(
         keep_float,
         met,
         evaluations,
+        validated,
         accepted: None,
     })
 }
@@ -574,11 +616,34 @@ impl Outcome {
                 if let Some(h) = &a.holdout {
                     let _ = write!(table, "; on {} held-out samples: {}", h.samples, figures(h));
                 }
+                if let Some(v) = self.validated.as_ref().filter(|v| v.estimate.is_some()) {
+                    let est = v.estimate.as_ref().map(figures).unwrap_or_default();
+                    let _ = write!(
+                        table,
+                        "; cross-validated on the same {} samples in {} folds, each sample scored by the float set a search chose without it: {est} (less the search's 95% margin: {} dB)",
+                        a.search.samples, v.folds, db(v.estimate_low_db)
+                    );
+                    if let Some(c) = &a.cross_validated {
+                        let _ = write!(
+                            table,
+                            ", by the model calibrated without it: {}",
+                            figures(&c.score)
+                        );
+                    }
+                } else if let Some(c) = &a.cross_validated {
+                    let _ = write!(
+                        table,
+                        "; cross-validated on the same {} samples in {} folds, each sample scored by the model calibrated without it: {}",
+                        c.score.samples,
+                        c.folds,
+                        figures(&c.score)
+                    );
+                }
                 if a.retries > 0 {
                     let _ = write!(
                         table,
-                        "; kept more nodes float {} times after the written model missed",
-                        a.retries
+                        "; kept more nodes float {} times after the written model missed ({} of them recalibrated on the folds)",
+                        a.retries, a.cv_retries
                     );
                 }
                 let one = |sc: &Score| {
@@ -592,16 +657,51 @@ impl Outcome {
                 if let Some(h) = &a.holdout {
                     detail["held_out"] = one(h);
                 }
+                if let Some(c) = &a.cross_validated {
+                    detail["cross_validated"] = one(&c.score);
+                    detail["cross_validated"]["folds"] = json!(c.folds);
+                    detail["cross_validated"]["sqnr_db_lower_bound"] =
+                        json!(finite(c.score.sqnr_db_low));
+                }
                 detail["acceptance_retries"] = json!(a.retries);
+                detail["cross_validation_retries"] = json!(a.cv_retries);
             }
             let _ = write!(
                 table,
-                " (search: SQNR {} dB, 95% lower bound {} dB)",
+                " (search: SQNR {} dB, 95% lower bound {} dB",
                 db(self.chosen.sqnr_db),
                 db(self.chosen.sqnr_db_low),
             );
+            let mut missed_on_folds = None;
+            if let Some(v) = &self.validated {
+                if v.raised_db > 0.0 {
+                    let _ = write!(
+                        table,
+                        "; asked {:.1} dB above the target of the samples after the cross-validated estimate missed, {} searches",
+                        v.raised_db, v.rounds
+                    );
+                }
+                if let Some(e) = &v.estimate {
+                    detail["cross_validated_search"] = json!({
+                        "sqnr_db": finite(e.sqnr_db), "sqnr_db_lower_bound": finite(e.sqnr_db_low),
+                        "cosine": e.cosine, "top1": e.top1, "samples": e.samples,
+                        "folds": v.folds, "raised_db": v.raised_db, "rounds": v.rounds,
+                        "sqnr_db_less_margin": finite(v.estimate_low_db),
+                    });
+                    if !e.meets_with(&t, v.estimate_low_db) {
+                        missed_on_folds = Some(*e);
+                    }
+                }
+            }
+            table.push(')');
             report.details.push(detail);
-            if !self.met {
+            if let Some(e) = missed_on_folds {
+                report.warnings.push(format!(
+                    "target {} NOT met on the cross-validated estimate ({} dB): a choice made on these samples does not hold on samples it was not made on; give more (and more varied) calibration samples, or lower the target",
+                    t.describe(),
+                    db(e.sqnr_db)
+                ));
+            } else if !self.met {
                 report.warnings.push(format!(
                     "target {} not met even with every quantized compute node kept float",
                     t.describe()
