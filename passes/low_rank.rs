@@ -80,9 +80,28 @@
 //! singular value that costs the least relative output error
 //! (`σᵢ² / Σσ²` of its layer) per parameter (MAC) saved; a layer's first
 //! step jumps from unsplit to the largest rank that saves. When `f` cannot be
-//! reached, the run says how close it got. `target: { min_sqnr_db }`
-//! searches the params fraction by bisection, each candidate checked in
-//! tract on the data (or synthetic inputs) against the original outputs.
+//! reached, the run says how close it got.
+//!
+//! **Measured sensitivities** (`sensitivity`, default when `--data` is
+//! given). A layer's relative error is not the model's: some layers' errors
+//! reach the output amplified (PP-OCR rec's early Convs, its 6625-way
+//! head), others damped. Each target layer is truncated alone at a probe
+//! rank (the largest saving rank with ≥ 1% predicted error) and run in
+//! tract on the first 8 calibration samples (`passes/measure.rs`): its
+//! gain is the model's output noise `10^(−SQNR/10)` (worst output) over
+//! the predicted error. The greedy steps then cost `gain^a · σᵢ²/Σσ²`;
+//! the allocations for `a` = 0, 0.5, 1 and the uniform per-layer ratio `f`
+//! (when it fits the budget) are split and run in tract on the same samples,
+//! and the best measured wins (noise adds up only to first order: a model
+//! whose output saturates favours a weaker weighting). Cost: one reference
+//! run, one run per layer, at most four candidate runs (counted in
+//! `sensitivity_runs`, `candidate_runs`); each run is the same on any
+//! thread count. Without data the allocation uses the spectra alone.
+//!
+//! `target: { min_sqnr_db }` searches the params fraction by bisection
+//! (the greedy weighted by the measured gains, when measured), each
+//! candidate checked in tract on the data (or synthetic inputs) against the
+//! original outputs.
 //!
 //! Preconditions: f32 weights that are initializers (or Constant nodes,
 //! hoisted first) and not graph inputs; MatMul with a 2-D weight as its
@@ -129,7 +148,8 @@ pub struct LowRank {
     /// fraction of the layer's weights, in (0, 1).
     pub ratio: Option<f64>,
     /// A global target over all candidate layers (ranks allocated by least
-    /// output error per parameter or MAC saved).
+    /// predicted output error per parameter or MAC saved; with data, the
+    /// model's output error, measured: see `sensitivity`).
     pub target: Option<Target>,
     /// Round ranks up to a multiple of this (8 suits vector units); 1: exact.
     pub round_to: usize,
@@ -167,8 +187,10 @@ pub struct LowRank {
     pub svd: SvdMethod,
     /// Weight the global target's allocation by each layer's measured
     /// effect on the model output (one tract run per layer, that layer
-    /// alone truncated, on the calibration samples). Default: true when
-    /// `--data` is given; without it the allocation uses the spectra alone.
+    /// alone truncated, on the first 8 calibration samples), and choose
+    /// among the weighted, unweighted and uniform allocations by a tract
+    /// run of each. Default: true when `--data` is given; without it the
+    /// allocation uses the spectra alone.
     pub sensitivity: Option<bool>,
 }
 
