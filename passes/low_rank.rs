@@ -80,9 +80,28 @@
 //! singular value that costs the least relative output error
 //! (`σᵢ² / Σσ²` of its layer) per parameter (MAC) saved; a layer's first
 //! step jumps from unsplit to the largest rank that saves. When `f` cannot be
-//! reached, the run says how close it got. `target: { min_sqnr_db }`
-//! searches the params fraction by bisection, each candidate checked in
-//! tract on the data (or synthetic inputs) against the original outputs.
+//! reached, the run says how close it got.
+//!
+//! **Measured sensitivities** (`sensitivity`, default when `--data` is
+//! given). A layer's relative error is not the model's: some layers' errors
+//! reach the output amplified (PP-OCR rec's early Convs, its 6625-way
+//! head), others damped. Each target layer is truncated alone at a probe
+//! rank (the largest saving rank with ≥ 1% predicted error) and run in
+//! tract on the first 8 calibration samples (`passes/measure.rs`): its
+//! gain is the model's output noise `10^(−SQNR/10)` (worst output) over
+//! the predicted error. The greedy steps then cost `gain^a · σᵢ²/Σσ²`;
+//! the allocations for `a` = 0, 0.5, 1 and the uniform per-layer ratio `f`
+//! (when it fits the budget) are split and run in tract on the same samples,
+//! and the best measured wins (noise adds up only to first order: a model
+//! whose output saturates favours a weaker weighting). Cost: one reference
+//! run, one run per layer, at most four candidate runs (counted in
+//! `sensitivity_runs`, `candidate_runs`); each run is the same on any
+//! thread count. Without data the allocation uses the spectra alone.
+//!
+//! `target: { min_sqnr_db }` searches the params fraction by bisection
+//! (the greedy weighted by the measured gains, when measured), each
+//! candidate checked in tract on the data (or synthetic inputs) against the
+//! original outputs.
 //!
 //! Preconditions: f32 weights that are initializers (or Constant nodes,
 //! hoisted first) and not graph inputs; MatMul with a 2-D weight as its
@@ -96,12 +115,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::linalg;
+use super::measure;
 use super::select::NodeMatch;
 use super::{
     parse_config, Config, ConfigError, Pass, PassContext, PassError, PassInfo, PassReport,
 };
 use crate::ir::{AttrValue, Attribute, DataType, Graph, Model, Node, NodeId, Tensor};
 
+mod sensitivity;
 mod whiten;
 
 /// Registry entry.
@@ -127,7 +148,8 @@ pub struct LowRank {
     /// fraction of the layer's weights, in (0, 1).
     pub ratio: Option<f64>,
     /// A global target over all candidate layers (ranks allocated by least
-    /// output error per parameter or MAC saved).
+    /// predicted output error per parameter or MAC saved; with data, the
+    /// model's output error, measured: see `sensitivity`).
     pub target: Option<Target>,
     /// Round ranks up to a multiple of this (8 suits vector units); 1: exact.
     pub round_to: usize,
@@ -163,6 +185,13 @@ pub struct LowRank {
     /// SVD method: `auto` (randomized when a fixed rank is far below
     /// min(K, N)), `exact` (thin SVD) or `randomized`.
     pub svd: SvdMethod,
+    /// Weight the global target's allocation by each layer's measured
+    /// effect on the model output (one tract run per layer, that layer
+    /// alone truncated, on the first 8 calibration samples), and choose
+    /// among the weighted, unweighted and uniform allocations by a tract
+    /// run of each. Default: true when `--data` is given; without it the
+    /// allocation uses the spectra alone.
+    pub sensitivity: Option<bool>,
 }
 
 impl Default for LowRank {
@@ -184,6 +213,7 @@ impl Default for LowRank {
             damping: 1e-6,
             samples: 64,
             svd: SvdMethod::Auto,
+            sensitivity: None,
         }
     }
 }
@@ -485,6 +515,7 @@ impl Pass for LowRank {
         let mut layers = self.candidates(&model.graph, &shapes, weights_later, &mut report);
         let mut samples = None;
         if data_aware
+            || self.measures_sensitivity(ctx)
             || self
                 .target
                 .as_ref()
@@ -513,7 +544,7 @@ impl Pass for LowRank {
                 layer.w = Vec::new();
             }
         }
-        let ranks = self.choose_ranks(
+        let (ranks, gains) = self.choose_ranks(
             model,
             ctx,
             &layers,
@@ -522,11 +553,20 @@ impl Pass for LowRank {
             &mut report,
         )?;
         apply_all(model, &layers, &spectra, &ranks, &grams, &mut report)?;
+        if let Some((which, gains)) = gains {
+            sensitivity::annotate(&mut report, &layers, &which, &gains);
+        }
         Ok(report)
     }
 }
 
 impl LowRank {
+    /// Whether the global target's allocation is weighted by measured
+    /// sensitivities (a target and, by default, calibration data).
+    fn measures_sensitivity(&self, ctx: &PassContext) -> bool {
+        self.target.is_some() && self.sensitivity.unwrap_or(ctx.data.is_some())
+    }
+
     fn rule_for(&self, name: &str) -> RankRule {
         let o = self.overrides.get(name);
         if let Some(r) = o.and_then(|o| o.rank).or(self.rank) {
@@ -847,7 +887,8 @@ impl LowRank {
             .max(1)
     }
 
-    /// The rank of every layer (`None`: kept), by its rule or the global target.
+    /// The rank of every layer (`None`: kept), by its rule or the global
+    /// target, and the measured sensitivities of the target's layers.
     fn choose_ranks(
         &self,
         model: &Model,
@@ -856,7 +897,7 @@ impl LowRank {
         spectra: &[Spectrum],
         samples: Option<&[crate::data::Sample]>,
         report: &mut PassReport,
-    ) -> Result<Vec<Option<usize>>, PassError> {
+    ) -> Result<(Vec<Option<usize>>, Gains), PassError> {
         let mut ranks: Vec<Option<usize>> = layers
             .iter()
             .zip(spectra)
@@ -870,14 +911,62 @@ impl LowRank {
         let global: Vec<usize> = (0..layers.len())
             .filter(|&i| layers[i].rule == RankRule::Global)
             .collect();
+        let mut measured: Gains = None;
         if let (Some(t), false) = (&self.target, global.is_empty()) {
+            let threads = ctx.threads.unwrap_or_else(crate::exec::default_threads);
+            let dir = ctx.model_dir.as_deref();
+            let samples = samples.unwrap_or_default();
+            let measuring = self.measures_sensitivity(ctx);
+            // The unchanged model's outputs: what the sensitivities (on the
+            // first few samples) and the min_sqnr_db search measure against.
+            let few = samples.len().min(sensitivity::SAMPLES);
+            let reference = if t.min_sqnr_db.is_some() {
+                measure::run("original model", model, samples, dir, threads, true)?
+            } else if measuring {
+                measure::run("original model", model, &samples[..few], dir, threads, true)?
+            } else {
+                Vec::new()
+            };
+            let probe = sensitivity::Probe {
+                model,
+                layers,
+                spectra,
+                which: &global,
+                samples: &samples[..few],
+                reference: &reference[..few.min(reference.len())],
+                dir,
+                threads,
+            };
+            let gains: Vec<f64> = if measuring {
+                let g = probe.gains()?;
+                report.count("sensitivity_runs", sensitivity::runs(&g) as i64);
+                let v = g.iter().map(|g| g.gain).collect();
+                measured = Some((global.clone(), g));
+                v
+            } else {
+                vec![1.0; global.len()]
+            };
             let alloc = |fraction: f64, by_macs: bool| {
-                allocate(layers, spectra, &global, fraction, by_macs, self.round_to)
+                allocate(
+                    layers,
+                    spectra,
+                    &global,
+                    &gains,
+                    fraction,
+                    by_macs,
+                    self.round_to,
+                )
+            };
+            let by_fraction = |f: f64, by_macs: bool, report: &mut PassReport| {
+                if !measuring {
+                    let a = alloc(f, by_macs);
+                    target_line(report, if by_macs { "macs" } else { "params" }, f, &a);
+                    return Ok(a.ranks);
+                }
+                probe.best_allocation(&gains, f, by_macs, self.round_to, report)
             };
             let chosen = if let Some(f) = t.params {
-                let a = alloc(f, false);
-                target_line(report, "params", f, &a);
-                a.ranks
+                by_fraction(f, false, report)?
             } else if let Some(f) = t.macs {
                 if let Some(l) = global
                     .iter()
@@ -889,18 +978,17 @@ impl LowRank {
                         message: "target.macs needs its output shape, which is not known; pin symbolic dims or use target.params".into(),
                     });
                 }
-                let a = alloc(f, true);
-                target_line(report, "macs", f, &a);
-                a.ranks
+                by_fraction(f, true, report)?
             } else {
                 let min_db = t.min_sqnr_db.unwrap_or_default();
-                let samples = samples.unwrap_or_default();
                 whiten::search_sqnr(
                     model,
-                    ctx,
+                    dir,
+                    threads,
                     layers,
                     spectra,
                     samples,
+                    &reference,
                     min_db,
                     &|f| alloc(f, false).ranks,
                     report,
@@ -910,9 +998,13 @@ impl LowRank {
                 ranks[i] = r;
             }
         }
-        Ok(ranks)
+        Ok((ranks, measured))
     }
 }
+
+/// The global target's layers (indices into the candidates) and their
+/// measured sensitivities, when measured.
+type Gains = Option<(Vec<usize>, Vec<sensitivity::Gain>)>;
 
 fn target_line(report: &mut PassReport, what: &str, f: f64, a: &Allocation) {
     let reached = a.after as f64 / a.before.max(1) as f64;
@@ -974,27 +1066,34 @@ pub(crate) struct Allocation {
     reached: bool,
 }
 
+/// A layer's weights (or MACs) unsplit (`None`) or split at rank `r`.
+fn cost(l: &Layer, r: Option<usize>, by_macs: bool) -> u64 {
+    match (by_macs, r) {
+        (false, None) => l.params_before(),
+        (false, Some(r)) => l.params_after(r),
+        (true, None) => l.macs_before().unwrap_or(0),
+        (true, Some(r)) => l.macs_after(r).unwrap_or(0),
+    }
+}
+
 /// Greedy allocation over the layers `which`: starting unsplit, repeatedly
 /// take the step (first: unsplit → the largest saving rank; then: one
-/// `round_to` block of singular values fewer) with the least relative output
-/// error per parameter (or MAC) saved, until the candidates' total falls to
-/// `fraction` of what it was. Layers outside `which` count unchanged.
+/// `round_to` block of singular values fewer) with the least predicted
+/// model output error per parameter (or MAC) saved, until the candidates'
+/// total falls to `fraction` of what it was. A step's error is the layer's
+/// relative error it adds (the dropped `σ²` over `Σσ²`) times the layer's
+/// `gains` entry (the same order as `which`; all 1: the layers' own errors).
+/// Layers outside `which` count unchanged.
 fn allocate(
     layers: &[Layer],
     spectra: &[Spectrum],
     which: &[usize],
+    gains: &[f64],
     fraction: f64,
     by_macs: bool,
     round_to: usize,
 ) -> Allocation {
-    let cost = |l: &Layer, r: Option<usize>| -> u64 {
-        match (by_macs, r) {
-            (false, None) => l.params_before(),
-            (false, Some(r)) => l.params_after(r),
-            (true, None) => l.macs_before().unwrap_or(0),
-            (true, Some(r)) => l.macs_after(r).unwrap_or(0),
-        }
-    };
+    let cost = |l: &Layer, r: Option<usize>| cost(l, r, by_macs);
     let before: u64 = layers.iter().map(|l| cost(l, None)).sum();
     let goal = (fraction * before as f64).floor() as u64;
     let mut ranks: Vec<Option<usize>> = vec![None; layers.len()];
@@ -1025,7 +1124,8 @@ fn allocate(
     while total > goal {
         let best = which
             .iter()
-            .filter_map(|&i| next(i, ranks[i]).map(|(r, e, s)| (i, r, e / s as f64, s)))
+            .zip(gains)
+            .filter_map(|(&i, &g)| next(i, ranks[i]).map(|(r, e, s)| (i, r, g * e / s as f64, s)))
             .min_by(|a, b| a.2.total_cmp(&b.2).then(a.0.cmp(&b.0)));
         let Some((i, r, _, saving)) = best else {
             break;

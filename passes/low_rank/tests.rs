@@ -65,7 +65,7 @@ fn greedy_allocation_cuts_the_cheapest_directions_first() {
     let steep = dense(20, 20, with_spectrum(20, 20, &[5.0, 4.0, 0.01, 0.01, 0.01]));
     let layers = vec![flat, steep];
     let spectra: Vec<Spectrum> = layers.iter().map(spectrum_of).collect();
-    let a = allocate(&layers, &spectra, &[0, 1], 0.6, false, 1);
+    let a = allocate(&layers, &spectra, &[0, 1], &[1.0, 1.0], 0.6, false, 1);
     // 800 weights → at most 480: the steep layer falls to rank 2 (80), the
     // flat one pays the rest.
     assert!(a.reached && a.after <= 480, "{}", a.after);
@@ -73,11 +73,11 @@ fn greedy_allocation_cuts_the_cheapest_directions_first() {
     let r0 = a.ranks[0].map_or(20, |r| r);
     assert!(r0 >= 9, "{:?}", a.ranks);
     // Unreachable: rank 1 everywhere is 80 weights = 10%.
-    let a = allocate(&layers, &spectra, &[0, 1], 0.05, false, 1);
+    let a = allocate(&layers, &spectra, &[0, 1], &[1.0, 1.0], 0.05, false, 1);
     assert!(!a.reached);
     assert_eq!(a.after, 80);
     // round_to keeps ranks on the grid.
-    let a = allocate(&layers, &spectra, &[0, 1], 0.6, false, 4);
+    let a = allocate(&layers, &spectra, &[0, 1], &[1.0, 1.0], 0.6, false, 4);
     assert!(
         a.ranks.iter().flatten().all(|r| r % 4 == 0),
         "{:?}",
@@ -133,4 +133,104 @@ fn whitening_is_undone_by_the_first_factor() {
     for (x, y) in back.iter().zip(&m) {
         assert!((x - y).abs() < 1e-6, "{back:?}");
     }
+}
+
+#[test]
+fn gains_weight_the_allocation_towards_the_layer_the_output_feels() {
+    // Two 20×20 layers with the same spectrum: alone, the allocation ties
+    // (and breaks ties by order, cutting the first one first); with the
+    // second one's errors reaching the output 100 times weaker, the first
+    // keeps the larger rank. (σᵢ = 0.6ⁱ: each step costs more than the one
+    // before, so the greedy steps are the optimal ones.)
+    let s: Vec<f64> = (0..20).map(|i| 0.6f64.powi(i)).collect();
+    let a = dense(20, 20, with_spectrum(20, 20, &s));
+    let b = dense(20, 20, with_spectrum(20, 20, &s));
+    let layers = vec![a, b];
+    let spectra: Vec<Spectrum> = layers.iter().map(spectrum_of).collect();
+    let even = allocate(&layers, &spectra, &[0, 1], &[1.0, 1.0], 0.5, false, 1);
+    let [Some(e0), Some(e1)] = even.ranks[..] else {
+        panic!("{:?}", even.ranks)
+    };
+    assert!(e0 <= e1 && e1 - e0 <= 1, "{:?}", even.ranks);
+    let weighted = allocate(&layers, &spectra, &[0, 1], &[1.0, 0.01], 0.5, false, 1);
+    let [Some(w0), Some(w1)] = weighted.ranks[..] else {
+        panic!("{:?}", weighted.ranks)
+    };
+    assert!(w0 > w1 + 1, "{:?}", weighted.ranks);
+    assert!(weighted.reached && weighted.after <= even.before / 2);
+    // The other way round.
+    let other = allocate(&layers, &spectra, &[0, 1], &[0.01, 1.0], 0.5, false, 1);
+    assert!(other.ranks[1] > other.ranks[0], "{:?}", other.ranks);
+}
+
+/// x [8, 16] ─ MatMul(W) ─ a ─┐
+///           └ MatMul(W) ─ b ─ Mul(0.1) ─ Add ─ y: equal layers, the second
+/// one's output reaching `y` at a tenth of the amplitude.
+fn two_branches() -> Model {
+    use crate::ir::{Dim, TypeInfo, ValueInfo};
+    let mut g = Graph::new("g");
+    let t = |d: &[usize]| {
+        TypeInfo::tensor(
+            DataType::Float,
+            d.iter().map(|&d| Dim::known(d as i64)).collect(),
+        )
+    };
+    g.inputs.push(ValueInfo::new("x", t(&[8, 16])));
+    g.outputs.push(ValueInfo::new("y", t(&[8, 16])));
+    let s: Vec<f64> = (1..=16).rev().map(f64::from).collect();
+    let w: Vec<f32> = with_spectrum(16, 16, &s)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect();
+    g.add_initializer(Tensor::from_f32("w1", vec![16, 16], &w));
+    g.add_initializer(Tensor::from_f32("w2", vec![16, 16], &w));
+    g.add_initializer(Tensor::from_f32("tenth", vec![1], &[0.1]));
+    g.add_node(Node::with_io("MatMul", "near", &["x", "w1"], &["a"]));
+    g.add_node(Node::with_io("MatMul", "far", &["x", "w2"], &["b"]));
+    g.add_node(Node::with_io("Mul", "damp", &["b", "tenth"], &["c"]));
+    g.add_node(Node::with_io("Add", "sum", &["a", "c"], &["y"]));
+    Model::new(g, 17)
+}
+
+#[test]
+fn measured_sensitivities_give_the_output_facing_layer_the_larger_rank() {
+    let pass = LowRank {
+        target: Some(Target {
+            params: Some(0.5),
+            ..Target::default()
+        }),
+        sensitivity: Some(true),
+        ..LowRank::default()
+    };
+    let rank_of = |threads: usize| {
+        let mut m = two_branches();
+        let ctx = PassContext {
+            threads: Some(threads),
+            ..PassContext::default()
+        };
+        let report = pass.run(&mut m, &ctx).unwrap();
+        let find = |name: &str| {
+            report
+                .details
+                .iter()
+                .find(|d| d["node"].as_str().is_some_and(|n| n.contains(name)))
+                .cloned()
+                .unwrap_or_else(|| panic!("{name}: {:#?}", report.details))
+        };
+        let (near, far) = (find("near"), find("far"));
+        let gain = |d: &serde_json::Value| d["sensitivity"]["gain"].as_f64().unwrap();
+        // Measured in tract: the far layer's errors reach y 100 times weaker.
+        let ratio = gain(&near) / gain(&far);
+        assert!((50.0..200.0).contains(&ratio), "{near:#} {far:#}");
+        assert!(
+            report.counters["sensitivity_runs"] == 3,
+            "{:?}",
+            report.counters
+        );
+        let rank = |d: &serde_json::Value| d["rank"].as_u64().unwrap_or(0);
+        (rank(&near), rank(&far), report.details.clone())
+    };
+    let (near, far, details) = rank_of(1);
+    assert!(near > far, "{details:#?}");
+    assert_eq!(rank_of(2).2, details);
 }

@@ -5,10 +5,9 @@
 use std::collections::BTreeMap;
 
 use super::{linalg, Layer, Spectrum};
-use crate::data::Sample;
-use crate::exec::{metrics, run_samples, Runner};
+use crate::data::{Array, Sample};
 use crate::ir::{Model, NodeId};
-use crate::passes::calib;
+use crate::passes::{calib, measure};
 use crate::passes::{PassContext, PassError, PassReport};
 
 /// One layer's input second moments, `Σ x xᵀ` over the observed rows (or
@@ -201,53 +200,32 @@ pub fn calib_sqnr_db(g: &LayerGram, layer: &Layer, a: &[f32], b: &[f32], r: usiz
 
 /// `target: { min_sqnr_db }`: the smallest params fraction (by bisection,
 /// 7 steps over (0, 1)) whose greedily allocated model keeps every output's
-/// SQNR against the original at least `min_db` in tract on `samples`.
+/// SQNR against the original (`reference`: its outputs on `samples`) at
+/// least `min_db` in tract (`measure::run`, `measure::score`).
 #[allow(clippy::too_many_arguments)]
 pub fn search_sqnr(
     model: &Model,
-    ctx: &PassContext,
+    dir: Option<&std::path::Path>,
+    threads: usize,
     layers: &[Layer],
     spectra: &[Spectrum],
     samples: &[Sample],
+    reference: &[Vec<Array>],
     min_db: f64,
     alloc: &dyn Fn(f64) -> Vec<Option<usize>>,
     report: &mut PassReport,
 ) -> Result<Vec<Option<usize>>, PassError> {
-    let threads = ctx.threads.unwrap_or_else(crate::exec::default_threads);
-    let dir = ctx.model_dir.as_deref();
-    let fail = |e: crate::exec::ExecError| PassError::Model(format!("low-rank target: {e}"));
-    let reference = run_samples(
-        &Runner::from_model("original", model, dir).map_err(fail)?,
-        samples,
-        threads,
-    )
-    .map_err(fail)?;
     let global: Vec<usize> = (0..layers.len())
         .filter(|&i| layers[i].rule == super::RankRule::Global)
         .collect();
     let score = |ranks: &[Option<usize>]| -> Result<f64, PassError> {
-        let mut m = model.clone();
         let mut all: Vec<Option<usize>> = vec![None; layers.len()];
         for (&i, r) in global.iter().zip(ranks) {
             all[i] = *r;
         }
-        for ((l, s), r) in layers.iter().zip(spectra).zip(&all) {
-            if let Some(r) = r.filter(|&r| l.saves(r)) {
-                let (a, b) = super::factors(l, s, r);
-                super::rewrite(&mut m.graph, l, r, &a, &b)?;
-            }
-        }
-        let runner = Runner::from_model("candidate", &m, dir).map_err(fail)?;
-        let outs = run_samples(&runner, samples, threads).map_err(fail)?;
-        let mut worst = f64::INFINITY;
-        for o in 0..reference.first().map_or(0, Vec::len) {
-            let mut st = metrics::Stats::default();
-            for (a, b) in reference.iter().zip(&outs) {
-                st.merge(&metrics::compare(&a[o], &b[o]));
-            }
-            worst = worst.min(st.sqnr_db());
-        }
-        Ok(worst)
+        let m = super::sensitivity::split_copy(model, layers, spectra, &all)?;
+        let outs = measure::run("low-rank candidate", &m, samples, dir, threads, true)?;
+        Ok(measure::score(reference, &outs).sqnr_db)
     };
     let (mut lo, mut hi) = (0.0f64, 1.0f64);
     let mut best: Option<(f64, Vec<Option<usize>>, f64)> = None;
