@@ -211,14 +211,9 @@ fn validate_sqnr(a: &Path, b: &Path, data: &Path) -> f64 {
     worst
 }
 
-/// x[1,3,8,8] ─ conv1(3→6, 3×3) ─ conv2(6→4, 3×3) ─ y, where conv1's
-/// filter 5 (and bias) is 0.1·filter 0 − 0.05·filter 1: channel 5 is a
-/// linear combination of channels 0 and 1 (in conv2's zero padding too),
-/// and the smallest (l1).
-fn affine_channel_model(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    use whittle::ir::{Attribute, DataType, Dim, Graph, Model, Node, Tensor, TypeInfo, ValueInfo};
-    let mut seed = 11u64;
-    let mut rand = |n: usize| -> Vec<f32> {
+/// Seeded values uniform in [-0.5, 0.5), `n` at a time (a 64-bit LCG's high bits).
+fn seeded(mut seed: u64) -> impl FnMut(usize) -> Vec<f32> {
+    move |n| {
         (0..n)
             .map(|_| {
                 seed = seed
@@ -227,7 +222,16 @@ fn affine_channel_model(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) 
                 ((seed >> 33) as f64 / (1u64 << 31) as f64 - 0.5) as f32
             })
             .collect()
-    };
+    }
+}
+
+/// x[1,3,8,8] ─ conv1(3→6, 3×3) ─ conv2(6→4, 3×3) ─ y, where conv1's
+/// filter 5 (and bias) is 0.1·filter 0 − 0.05·filter 1: channel 5 is a
+/// linear combination of channels 0 and 1 (in conv2's zero padding too),
+/// and the smallest (l1).
+fn affine_channel_model(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use whittle::ir::{Attribute, DataType, Dim, Graph, Model, Node, Tensor, TypeInfo, ValueInfo};
+    let mut rand = seeded(11);
     let mut g = Graph::new("affine");
     let dims = |d: &[i64]| d.iter().map(|&v| Dim::known(v)).collect::<Vec<_>>();
     g.inputs.push(ValueInfo::new(
@@ -394,17 +398,7 @@ fn an_sqnr_target_is_met_and_its_final_line_equals_validate() {
 /// + skip → Add → Relu → GlobalAveragePool → Flatten → Gemm → `logits` [1, 10].
 fn resnext_block_model(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     use whittle::ir::{Attribute, DataType, Dim, Graph, Model, Node, Tensor, TypeInfo, ValueInfo};
-    let mut seed = 23u64;
-    let mut rand = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((seed >> 33) as f64 / (1u64 << 31) as f64 - 0.5) as f32
-            })
-            .collect()
-    };
+    let mut rand = seeded(23);
     let mut g = Graph::new("resnext_block");
     let dims = |d: &[i64]| d.iter().map(|&v| Dim::known(v)).collect::<Vec<_>>();
     g.inputs.push(ValueInfo::new(
