@@ -211,6 +211,30 @@ fn validate_sqnr(a: &Path, b: &Path, data: &Path) -> f64 {
     worst
 }
 
+/// Saves `g` as `dir/NAME.onnx` and `x`'s samples (`shape`, sample axis
+/// first) as `dir/NAME.npz`; returns both paths.
+fn save_with_inputs(
+    dir: &Path,
+    name: &str,
+    g: whittle::ir::Graph,
+    shape: Vec<usize>,
+    x: &[f32],
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let model_path = dir.join(format!("{name}.onnx"));
+    whittle::onnx::save(
+        &whittle::ir::Model::new(g, 17),
+        &model_path,
+        &Default::default(),
+    )
+    .unwrap();
+    let data_path = dir.join(format!("{name}.npz"));
+    common::write_npz(
+        &data_path,
+        &[("x".into(), whittle::data::Array::from_f32(shape, x))],
+    );
+    (model_path, data_path)
+}
+
 /// Seeded values uniform in [-0.5, 0.5), `n` at a time (a 64-bit LCG's high bits).
 fn seeded(mut seed: u64) -> impl FnMut(usize) -> Vec<f32> {
     move |n| {
@@ -230,7 +254,7 @@ fn seeded(mut seed: u64) -> impl FnMut(usize) -> Vec<f32> {
 /// linear combination of channels 0 and 1 (in conv2's zero padding too),
 /// and the smallest (l1).
 fn affine_channel_model(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    use whittle::ir::{Attribute, DataType, Dim, Graph, Model, Node, Tensor, TypeInfo, ValueInfo};
+    use whittle::ir::{Attribute, DataType, Dim, Graph, Node, Tensor, TypeInfo, ValueInfo};
     let mut rand = seeded(11);
     let mut g = Graph::new("affine");
     let dims = |d: &[i64]| d.iter().map(|&v| Dim::known(v)).collect::<Vec<_>>();
@@ -259,18 +283,8 @@ fn affine_channel_model(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) 
     c2.set_attr(pads());
     g.add_node(c1);
     g.add_node(c2);
-    let model_path = dir.join("affine.onnx");
-    whittle::onnx::save(&Model::new(g, 17), &model_path, &Default::default()).unwrap();
     let data: Vec<f32> = rand(16 * 3 * 64).iter().map(|v| 2.0 * v).collect();
-    let data_path = dir.join("affine.npz");
-    common::write_npz(
-        &data_path,
-        &[(
-            "x".into(),
-            whittle::data::Array::from_f32(vec![16, 1, 3, 8, 8], &data),
-        )],
-    );
-    (model_path, data_path)
+    save_with_inputs(dir, "affine", g, vec![16, 1, 3, 8, 8], &data)
 }
 
 #[test]
@@ -397,7 +411,7 @@ fn an_sqnr_target_is_met_and_its_final_line_equals_validate() {
 /// [1x1 Conv → BN → Relu → 3x3 Conv (group 4) → BN → Relu → 1x1 Conv → BN]
 /// + skip → Add → Relu → GlobalAveragePool → Flatten → Gemm → `logits` [1, 10].
 fn resnext_block_model(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    use whittle::ir::{Attribute, DataType, Dim, Graph, Model, Node, Tensor, TypeInfo, ValueInfo};
+    use whittle::ir::{Attribute, DataType, Dim, Graph, Node, Tensor, TypeInfo, ValueInfo};
     let mut rand = seeded(23);
     let mut g = Graph::new("resnext_block");
     let dims = |d: &[i64]| d.iter().map(|&v| Dim::known(v)).collect::<Vec<_>>();
@@ -484,18 +498,8 @@ fn resnext_block_model(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     );
     fc.set_attr(Attribute::int("transB", 1));
     g.add_node(fc);
-    let model_path = dir.join("resnext.onnx");
-    whittle::onnx::save(&Model::new(g, 17), &model_path, &Default::default()).unwrap();
     let data: Vec<f32> = rand(4 * 8 * 64).iter().map(|v| 2.0 * v).collect();
-    let data_path = dir.join("resnext.npz");
-    common::write_npz(
-        &data_path,
-        &[(
-            "x".into(),
-            whittle::data::Array::from_f32(vec![4, 1, 8, 8, 8], &data),
-        )],
-    );
-    (model_path, data_path)
+    save_with_inputs(dir, "resnext", g, vec![4, 1, 8, 8, 8], &data)
 }
 
 #[test]
