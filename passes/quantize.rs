@@ -1356,6 +1356,7 @@ impl Quantize {
                     .ok_or_else(|| PassError::Model(format!("weight {:?} vanished", w.name)))?;
             let dims = t.dims.clone();
             let values = t.to_f32()?;
+            t.release_pages(); // read once: a mapped weight leaves the resident set
             let q = match cal.rounded.get(&(w.name.clone(), w.axis)) {
                 Some(q) => q.clone(),
                 None => qdq::quantize_weight(&values, &dims, w.axis, s.weights, &wgrid, s.w_mse),
@@ -1422,6 +1423,11 @@ impl Quantize {
                 ed.weight(
                     w.node, w.slot, &w.name, w.axis, &q, s.weights, &dims, &mut cache,
                 );
+            }
+            // A float weight nothing reads any more goes now, not after the
+            // loop: an equalized one is a copy in memory (big models).
+            if g_unused(ed.g, &w.name) {
+                ed.g.remove_initializer(&w.name);
             }
             weight_scales.push(q.scales);
         }

@@ -6,13 +6,23 @@
 //! sees into its own [`TensorStats`] and drops the activations; the threads'
 //! statistics merge exactly at the end, so memory is bounded by one sample's
 //! activations per thread and the result does not depend on the thread count.
+//!
+//! A model whose initializers pass [`PARTS_ABOVE`] bytes (1 GiB) is observed
+//! a part at a time instead ([`parts`]: consecutive runs of the topological
+//! order of at most [`PART_BYTES`] of weights each), so that tract, which
+//! reads every weight of a model it loads into its own memory and copies
+//! them again while optimising, holds one part's weights at a time rather
+//! than two or three copies of all of them. The statistics are the same as
+//! the whole model's (tested); the values that cross a cut are kept for
+//! every sample until the last part that reads them has run.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::data::{Array, Sample};
 use crate::exec::Runner;
-use crate::ir::{DataType, Model};
+use crate::ir::{DataType, Model, TypeInfo, ValueInfo};
 use crate::passes::PassError;
 
 use super::stats::{ChannelSums, TensorStats};
@@ -32,6 +42,43 @@ pub struct Observed {
 /// sums along the axis `channel_axes` gives a tensor).
 #[allow(clippy::too_many_arguments)]
 pub fn observe(
+    model: &Model,
+    tensors: &[String],
+    channel_axes: &std::collections::BTreeMap<String, i64>,
+    samples: &[Sample],
+    dir: Option<&std::path::Path>,
+    threads: usize,
+    bins: usize,
+    progress: bool,
+) -> Result<Observed, PassError> {
+    match parts(model, PARTS_ABOVE, PART_BYTES) {
+        Some(parts) => observe_in_parts(
+            model,
+            &parts,
+            tensors,
+            channel_axes,
+            samples,
+            dir,
+            threads,
+            bins,
+            progress,
+        ),
+        None => observe_whole(
+            model,
+            tensors,
+            channel_axes,
+            samples,
+            dir,
+            threads,
+            bins,
+            progress,
+        ),
+    }
+}
+
+/// [`observe`] with the whole model in tract at once.
+#[allow(clippy::too_many_arguments)]
+fn observe_whole(
     model: &Model,
     tensors: &[String],
     channel_axes: &std::collections::BTreeMap<String, i64>,
@@ -136,5 +183,298 @@ fn add(stat: &mut Result<TensorStats, DataType>, sample: usize, a: &Array, value
     st.add(values);
     if let Some(ch) = &mut st.channels {
         ch.add(sample, values, &a.shape);
+    }
+}
+
+/// Models whose initializers pass this many bytes are observed a part at a
+/// time ([`observe`] does it by itself).
+pub const PARTS_ABOVE: u64 = 1 << 30;
+/// The initializer bytes of one part, at most (a single node may pass it).
+pub const PART_BYTES: u64 = 256 << 20;
+
+/// The main graph cut into consecutive runs of its topological order, each
+/// reading at most `budget` bytes of initializers, or `None` when the model
+/// is run whole: its initializers come to at most `above` bytes, or a node
+/// holds subgraphs (which may read any value of the graph around them).
+pub fn parts(model: &Model, above: u64, budget: u64) -> Option<Vec<Vec<crate::ir::NodeId>>> {
+    let g = &model.graph;
+    let total: u64 = g.initializers().iter().map(|t| t.byte_len()).sum();
+    if total <= above || g.nodes().any(|(_, n)| n.has_subgraphs()) {
+        return None;
+    }
+    let order = g.topological_order().ok()?;
+    let mut parts = Vec::new();
+    let (mut part, mut bytes, mut held) = (Vec::new(), 0u64, HashSet::new());
+    for id in order {
+        let weights = |held: &HashSet<&str>| -> u64 {
+            let mut seen = HashSet::new();
+            g.node(id)
+                .inputs
+                .iter()
+                .filter(|v| !held.contains(v.as_str()) && seen.insert(v.as_str()))
+                .filter_map(|v| g.initializer(v))
+                .map(|t| t.byte_len())
+                .sum()
+        };
+        let mut w = weights(&held);
+        if !part.is_empty() && w > 0 && bytes + w > budget {
+            parts.push(std::mem::take(&mut part));
+            (bytes, held) = (0, HashSet::new());
+            w = weights(&held);
+        }
+        part.push(id);
+        bytes += w;
+        held.extend(g.node(id).inputs.iter().map(String::as_str));
+    }
+    if !part.is_empty() {
+        parts.push(part);
+    }
+    (parts.len() > 1).then_some(parts)
+}
+
+/// [`observe`] for a model too big to hand to tract whole: each part of
+/// [`parts`] becomes a model of its own (its initializers, the values it
+/// reads from earlier parts as inputs, what later parts or the observation
+/// need as outputs), loaded, run on every sample and dropped before the
+/// next, so tract holds one part's weights at a time. The values passed
+/// between parts are held for every sample until their last reader has run.
+#[allow(clippy::too_many_arguments)]
+fn observe_in_parts(
+    model: &Model,
+    parts: &[Vec<crate::ir::NodeId>],
+    tensors: &[String],
+    channel_axes: &std::collections::BTreeMap<String, i64>,
+    samples: &[Sample],
+    dir: Option<&std::path::Path>,
+    threads: usize,
+    bins: usize,
+    progress: bool,
+) -> Result<Observed, PassError> {
+    let g = &model.graph;
+    let part_of: HashMap<crate::ir::NodeId, usize> = parts
+        .iter()
+        .enumerate()
+        .flat_map(|(k, p)| p.iter().map(move |&id| (id, k)))
+        .collect();
+    // The last part that reads each value (a tensor to observe counts as
+    // read by the part that makes it).
+    let mut last_read: HashMap<&str, usize> = HashMap::new();
+    for (k, p) in parts.iter().enumerate() {
+        for &id in p {
+            for v in g.node(id).inputs.iter().filter(|v| !v.is_empty()) {
+                last_read.insert(v, k);
+            }
+        }
+    }
+    let mut stats: Vec<Result<TensorStats, DataType>> = tensors
+        .iter()
+        .map(|t| {
+            let mut st = TensorStats::new(bins);
+            st.channels = channel_axes.get(t).map(|&a| ChannelSums::new(a));
+            Ok(st)
+        })
+        .collect();
+    let mut shapes: Vec<Option<Vec<usize>>> = vec![None; tensors.len()];
+    let wanted: HashMap<&str, usize> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let mut values_buf: Vec<f32> = Vec::new();
+    let mut seen = |name: &str, i: usize, a: &Array, stats: &mut Vec<_>, shapes: &mut Vec<_>| {
+        if let Some(&t) = wanted.get(name) {
+            if i == 0 {
+                shapes[t] = Some(a.shape.clone());
+            }
+            add(&mut stats[t], i, a, &mut values_buf);
+        }
+    };
+    let inputs = crate::data::InputSpec::of_graph(g).map_err(PassError::Model)?;
+    let mut live: Vec<HashMap<String, Array>> = samples
+        .iter()
+        .map(|s| {
+            inputs
+                .iter()
+                .zip(s)
+                .map(|(spec, a)| (spec.name.clone(), a.clone()))
+                .collect()
+        })
+        .collect();
+    for (i, s) in samples.iter().enumerate() {
+        for (spec, a) in inputs.iter().zip(s) {
+            seen(&spec.name, i, a, &mut stats, &mut shapes);
+        }
+    }
+    let bar = Progress::new(progress, parts.len(), "calibrating (model parts)");
+    for (k, part) in parts.iter().enumerate() {
+        let label = format!("calibration model (part {} of {})", k + 1, parts.len());
+        let (sub, reads, makes) = part_model(model, part, &part_of, k, &last_read, &wanted, &live)?;
+        if makes.is_empty() {
+            bar.tick(k + 1);
+            continue; // nothing after it reads what it makes
+        }
+        let runner = Runner::from_model(&label, &sub, dir)
+            .map_err(|e| PassError::Model(format!("calibration: {e}")))?;
+        drop(sub);
+        let feeds: Vec<Vec<Array>> = live
+            .iter()
+            .map(|vals| reads.iter().map(|v| vals[v].clone()).collect())
+            .collect();
+        for f in &feeds {
+            runner
+                .prepare(f)
+                .map_err(|e| PassError::Model(format!("calibration: {e}")))?;
+        }
+        let outs = crate::exec::parallel_map(&feeds, threads, |i, f| runner.run(i, f));
+        drop((runner, feeds));
+        for (i, out) in outs.into_iter().enumerate() {
+            let out = out.map_err(|e| PassError::Model(format!("calibration: {e}")))?;
+            let vals = &mut live[i];
+            vals.retain(|name, _| last_read.get(name.as_str()).is_some_and(|&r| r > k));
+            for (name, a) in makes.iter().zip(out) {
+                seen(name, i, &a, &mut stats, &mut shapes);
+                if last_read.get(name.as_str()).is_some_and(|&r| r > k) {
+                    vals.insert(name.clone(), a);
+                }
+            }
+        }
+        bar.tick(k + 1);
+    }
+    bar.finish();
+    Ok(Observed { stats, shapes })
+}
+
+/// One part as a model: the part's nodes and initializers; as inputs the
+/// values it reads that earlier parts (or the graph's inputs) hold in
+/// `live`, typed from the first sample; as outputs what it makes that a
+/// later part reads or the observation wants. Also returns the input and
+/// output names in order.
+fn part_model(
+    model: &Model,
+    part: &[crate::ir::NodeId],
+    part_of: &HashMap<crate::ir::NodeId, usize>,
+    k: usize,
+    last_read: &HashMap<&str, usize>,
+    wanted: &HashMap<&str, usize>,
+    live: &[HashMap<String, Array>],
+) -> Result<(Model, Vec<String>, Vec<String>), PassError> {
+    let g = &model.graph;
+    let mut sub = Model::new(crate::ir::Graph::new(format!("part_{k}")), 0);
+    sub.ir_version = model.ir_version;
+    sub.opset_import = model.opset_import.clone();
+    sub.functions = model.functions.clone();
+    let (mut reads, mut makes) = (Vec::new(), Vec::new());
+    let mut known: HashSet<&str> = HashSet::new();
+    for &id in part {
+        let n = g.node(id);
+        for v in n.inputs.iter().filter(|v| !v.is_empty()) {
+            if !known.insert(v) {
+                continue;
+            }
+            if let Some(t) = g.initializer(v) {
+                sub.graph.add_initializer(t.clone());
+            } else if g
+                .producer(v)
+                .is_none_or(|(p, _)| part_of.get(&p) != Some(&k))
+            {
+                let first = live.first().and_then(|vals| vals.get(v.as_str()));
+                let Some(a) = first else {
+                    return Err(PassError::Model(format!(
+                        "calibration: value {v:?} read by node {:?} is not available to its part of the model",
+                        n.name.as_deref().unwrap_or("")
+                    )));
+                };
+                let dims = a
+                    .shape
+                    .iter()
+                    .map(|&d| crate::ir::Dim::known(d as i64))
+                    .collect();
+                sub.graph.inputs.push(ValueInfo {
+                    name: Some(v.clone()),
+                    ty: Some(TypeInfo::tensor(a.dtype, dims)),
+                    doc_string: None,
+                    metadata_props: Vec::new(),
+                });
+                reads.push(v.clone());
+            }
+        }
+        for o in n.outputs.iter().filter(|o| !o.is_empty()) {
+            known.insert(o);
+            if wanted.contains_key(o.as_str()) || last_read.get(o.as_str()).is_some_and(|&r| r > k)
+            {
+                sub.graph.outputs.push(ValueInfo {
+                    name: Some(o.clone()),
+                    ty: None,
+                    doc_string: None,
+                    metadata_props: Vec::new(),
+                });
+                makes.push(o.clone());
+            }
+        }
+        sub.graph.add_node(n.clone());
+    }
+    Ok((sub, reads, makes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Dim, Graph, Node, Tensor};
+
+    /// x [2, 4] ─ MatMul(w1) ─ h ─ Relu ─ r ─ MatMul(w2) ─ y ─ Add(x) ─ out:
+    /// the residual reads the graph input three nodes later.
+    fn residual_model() -> Model {
+        let mut g = Graph::new("g");
+        let ty = |d: &[i64]| {
+            TypeInfo::tensor(DataType::Float, d.iter().map(|&n| Dim::known(n)).collect())
+        };
+        g.inputs.push(ValueInfo::new("x", ty(&[2, 4])));
+        g.outputs.push(ValueInfo::new("out", ty(&[2, 4])));
+        let w =
+            |n: usize, seed: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * seed).sin()).collect() };
+        g.add_initializer(Tensor::from_f32("w1", vec![4, 6], &w(24, 0.7)));
+        g.add_initializer(Tensor::from_f32("w2", vec![6, 4], &w(24, 1.3)));
+        let node = |op: &str, name: &str, i: &[&str], o: &str| {
+            Node::new(
+                op,
+                name,
+                i.iter().map(|s| s.to_string()).collect(),
+                vec![o.into()],
+            )
+        };
+        g.add_node(node("MatMul", "mm1", &["x", "w1"], "h"));
+        g.add_node(node("Relu", "relu", &["h"], "r"));
+        g.add_node(node("MatMul", "mm2", &["r", "w2"], "y"));
+        g.add_node(node("Add", "res", &["x", "y"], "out"));
+        Model::new(g, 17)
+    }
+
+    #[test]
+    fn a_model_observed_in_parts_gives_the_statistics_of_the_whole_model() {
+        let m = residual_model();
+        let samples: Vec<Sample> = (0..5)
+            .map(|s| {
+                let v: Vec<f32> = (0..8).map(|i| (s * 8 + i) as f32 * 0.37 - 6.0).collect();
+                vec![Array::from_f32(vec![2, 4], &v)]
+            })
+            .collect();
+        let names: Vec<String> = ["x", "h", "r", "out"].map(String::from).to_vec();
+        let axes = std::collections::BTreeMap::from([("h".to_string(), 1)]);
+        // Small models are run whole; a 1-byte budget gives every weighted node its own part.
+        assert!(parts(&m, PARTS_ABOVE, PART_BYTES).is_none());
+        let cut = parts(&m, 0, 1).unwrap();
+        assert_eq!(cut.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2]);
+        let whole = observe_whole(&m, &names, &axes, &samples, None, 2, 64, false).unwrap();
+        for threads in [1, 2] {
+            let split =
+                observe_in_parts(&m, &cut, &names, &axes, &samples, None, threads, 64, false)
+                    .unwrap();
+            assert_eq!(split.stats, whole.stats);
+            assert_eq!(split.shapes, whole.shapes);
+        }
+        assert!(whole
+            .stats
+            .iter()
+            .all(|s| s.as_ref().is_ok_and(|s| s.count > 0)));
     }
 }

@@ -198,6 +198,7 @@ fn weight_ranges(g: &Graph, r: &Reader, channels: usize) -> Result<Option<Vec<f6
     let w = f32_initializer(g, &n.inputs[1])
         .ok_or_else(|| PassError::Model(format!("{}: weight vanished", n.label())))?;
     let v = w.to_f32()?;
+    w.release_pages();
     let d: Vec<usize> = w.dims.iter().map(|&x| x.max(0) as usize).collect();
     let mut out = vec![0f64; channels];
     match r.op.as_str() {
@@ -419,6 +420,7 @@ fn scale_reader(g: &mut Graph, r: &Reader, s: &[f64]) -> Result<(), PassError> {
         .cloned()
         .ok_or_else(|| PassError::Model(format!("{name} vanished")))?;
     let mut v = w.to_f32()?;
+    w.release_pages();
     let d: Vec<usize> = w.dims.iter().map(|&x| x.max(0) as usize).collect();
     let channels = s.len();
     if r.op == "Conv" {
@@ -486,6 +488,7 @@ fn absorb(g: &mut Graph, step: &Step, s: &[f64], axis: i64, rank: usize) -> Resu
                 .cloned()
                 .ok_or_else(|| PassError::Model(format!("{wname} vanished")))?;
             let mut v = w.to_f32()?;
+            w.release_pages();
             let d: Vec<usize> = w.dims.iter().map(|&x| x.max(0) as usize).collect();
             match n.op_type() {
                 "Conv" => {
