@@ -300,9 +300,24 @@ fn observe_in_parts(
                 .collect()
         })
         .collect();
+    // Graph inputs and constants are seen before any part runs (a run of the
+    // whole model gives a constant asked for as an output every sample).
+    let constants: Vec<Array> = tensors
+        .iter()
+        .filter_map(|t| g.initializer(t))
+        .map(Array::from_tensor)
+        .collect::<Result<_, _>>()
+        .map_err(|e| PassError::Model(format!("calibration: {e}")))?;
     for (i, s) in samples.iter().enumerate() {
         for (spec, a) in inputs.iter().zip(s) {
             seen(&spec.name, i, a, &mut stats, &mut shapes);
+        }
+        for (t, a) in tensors
+            .iter()
+            .filter(|t| g.initializer(t).is_some())
+            .zip(&constants)
+        {
+            seen(t, i, a, &mut stats, &mut shapes);
         }
     }
     let bar = Progress::new(progress, parts.len(), "calibrating (model parts)");
@@ -458,7 +473,7 @@ mod tests {
                 vec![Array::from_f32(vec![2, 4], &v)]
             })
             .collect();
-        let names: Vec<String> = ["x", "h", "r", "out"].map(String::from).to_vec();
+        let names: Vec<String> = ["x", "h", "r", "out", "w2"].map(String::from).to_vec();
         let axes = std::collections::BTreeMap::from([("h".to_string(), 1)]);
         // Small models are run whole; a 1-byte budget gives every weighted node its own part.
         assert!(parts(&m, PARTS_ABOVE, PART_BYTES).is_none());
