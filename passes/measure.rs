@@ -37,7 +37,8 @@ pub struct Score {
     pub sqnr_db: f64,
     /// Least one-sided 95% lower confidence bound of the SQNR over the
     /// outputs, dB: the total noise is raised by 1.645 standard errors of
-    /// the per-sample noise (equal to `sqnr_db` on one sample).
+    /// the pooled noise-to-signal ratio ([`lower_bound_db`]; equal to
+    /// `sqnr_db` on one sample).
     pub sqnr_db_low: f64,
     /// Least cosine similarity.
     pub cosine: f64,
@@ -207,8 +208,10 @@ impl Compared {
         for k in 0..outputs {
             let mut st: Option<metrics::Stats> = None;
             let mut noise: Vec<f64> = Vec::with_capacity(which.len());
+            let mut signal: Vec<f64> = Vec::with_capacity(which.len());
             for one in which.iter().filter_map(|&i| self.per_sample[i].get(k)) {
                 noise.push(one.sum_noise_sq);
+                signal.push(one.sum_a_sq);
                 match &mut st {
                     Some(acc) => acc.merge(one),
                     None => st = Some(one.clone()),
@@ -216,7 +219,7 @@ impl Compared {
             }
             let Some(st) = st else { continue };
             s.sqnr_db = s.sqnr_db.min(st.sqnr_db());
-            s.sqnr_db_low = s.sqnr_db_low.min(lower_bound_db(st.sum_a_sq, &noise));
+            s.sqnr_db_low = s.sqnr_db_low.min(lower_bound_db(&signal, &noise));
             s.cosine = s.cosine.min(st.cosine());
             if let Some(t) = st.top1() {
                 s.top1 = Some(s.top1.map_or(t, |v: f64| v.min(t)));
@@ -226,14 +229,27 @@ impl Compared {
     }
 }
 
-/// One-sided 95% lower confidence bound of the SQNR, from the signal energy
-/// and the per-sample noise energies: `10·log10(S / (ΣN + 1.645·√n·sd(N)))`.
-pub fn lower_bound_db(signal: f64, noise: &[f64]) -> f64 {
+/// One-sided 95% lower confidence bound of the pooled SQNR `ΣS / ΣN`, from
+/// the per-sample signal and noise energies: the pooled noise-to-signal
+/// ratio `R = ΣN / ΣS` is a ratio estimator, whose standard error comes from
+/// the residuals `eᵢ = Nᵢ − R·Sᵢ` (delta method), so the bound is
+/// `10·log10(ΣS / (ΣN + 1.645·√n·sd(e)))`. A sample that is noisy because
+/// its signal is large (its own SQNR typical) widens the bound less than one
+/// whose noise is out of proportion; with equal signals it is the spread of
+/// the noise itself.
+pub fn lower_bound_db(signal: &[f64], noise: &[f64]) -> f64 {
     let n = noise.len() as f64;
     let total: f64 = noise.iter().sum();
-    let spread = if noise.len() > 1 {
-        let mean = total / n;
-        let var = noise.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0);
+    let energy: f64 = signal.iter().sum();
+    let spread = if noise.len() > 1 && energy > 0.0 {
+        let ratio = total / energy;
+        let e: Vec<f64> = noise
+            .iter()
+            .zip(signal)
+            .map(|(nz, sg)| nz - ratio * sg)
+            .collect();
+        let mean = e.iter().sum::<f64>() / n;
+        let var = e.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0);
         1.645 * (n * var).sqrt()
     } else {
         0.0
@@ -242,7 +258,7 @@ pub fn lower_bound_db(signal: f64, noise: &[f64]) -> f64 {
     if bound == 0.0 {
         f64::INFINITY
     } else {
-        10.0 * (signal / bound).log10()
+        10.0 * (energy / bound).log10()
     }
 }
 
@@ -570,11 +586,15 @@ mod tests {
     #[test]
     fn the_sqnr_lower_bound_widens_with_the_spread_of_per_sample_noise() {
         // Equal noise on every sample: the bound is the pooled SQNR.
-        let even = lower_bound_db(100.0, &[1.0; 4]);
+        let even = lower_bound_db(&[25.0; 4], &[1.0; 4]);
         assert!((even - 10.0 * (100.0f64 / 4.0).log10()).abs() < 1e-12);
         // Same total noise, all on one sample: lower.
-        assert!(lower_bound_db(100.0, &[4.0, 0.0, 0.0, 0.0]) < even - 1.0);
-        assert_eq!(lower_bound_db(1.0, &[0.0, 0.0]), f64::INFINITY);
+        assert!(lower_bound_db(&[25.0; 4], &[4.0, 0.0, 0.0, 0.0]) < even - 1.0);
+        assert_eq!(lower_bound_db(&[0.5, 0.5], &[0.0, 0.0]), f64::INFINITY);
+        // Noise in proportion to each sample's signal (every sample at the
+        // same SQNR): no spread to allow for, the bound is the pooled SQNR.
+        let proportional = lower_bound_db(&[97.0, 1.0, 1.0, 1.0], &[3.88, 0.04, 0.04, 0.04]);
+        assert!((proportional - 10.0 * 25f64.log10()).abs() < 1e-9);
     }
 
     #[test]
