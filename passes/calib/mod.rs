@@ -31,7 +31,8 @@
 //! - [`observe`] ([`observe.rs`](observe)): the streamed pass; each thread
 //!   folds samples into its own [`stats::TensorStats`] and drops the
 //!   activations; the statistics merge exactly. Models of more than 1 GiB
-//!   of weights are run a part of the graph at a time (same statistics).
+//!   of weights are run a part of the graph at a time (same statistics;
+//!   the second moments too).
 //! - [`stats`]: min/max, mergeable power-of-two histograms of `|x|`,
 //!   per-channel sums (means) and absmax.
 //! - [`second_moments`] ([`moments`]): `H = Σ x xᵀ` per job and group, with

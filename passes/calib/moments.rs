@@ -406,7 +406,8 @@ impl Moments {
 
 /// Gathers the second moments of every job over `samples` in one run of the
 /// model (each distinct input read once, as an extra output of a copy of
-/// the model). Returns one entry per job, in order: `None` for a job whose
+/// the model; a model of more than 1 GiB of weights a part at a time, as
+/// [`super::observe()`] runs it, with the same result). Returns one entry per job, in order: `None` for a job whose
 /// row is empty or longer than `limits.max_row`, or whose input was never
 /// float32 with a fitting shape. Jobs with the same input and layout are
 /// gathered once.
@@ -419,12 +420,20 @@ pub fn second_moments(
     limits: MomentLimits,
     progress: bool,
 ) -> Result<Vec<Option<Moments>>, PassError> {
-    Ok(
-        gather(model, jobs, samples, dir, threads, limits, progress, false)?
-            .into_iter()
-            .map(|m| m.map(|(m, _)| m))
-            .collect(),
-    )
+    Ok(gather(
+        model,
+        jobs,
+        samples,
+        dir,
+        threads,
+        limits,
+        progress,
+        false,
+        big(model),
+    )?
+    .into_iter()
+    .map(|m| m.map(|(m, _)| m))
+    .collect())
 }
 
 /// A job's moments and its per-group sums `Σ x`.
@@ -442,7 +451,27 @@ pub fn first_and_second_moments(
     limits: MomentLimits,
     progress: bool,
 ) -> Result<Vec<Option<WithSums>>, PassError> {
-    gather(model, jobs, samples, dir, threads, limits, progress, true)
+    gather(
+        model,
+        jobs,
+        samples,
+        dir,
+        threads,
+        limits,
+        progress,
+        true,
+        big(model),
+    )
+}
+
+/// The parts a model too big to hand to tract whole is run in (see
+/// [`super::observe::parts`]); `None` for the others.
+fn big(model: &Model) -> Option<Vec<Vec<NodeId>>> {
+    super::observe::parts(
+        model,
+        super::observe::PARTS_ABOVE,
+        super::observe::PART_BYTES,
+    )
 }
 
 /// Moments and per-group sums (empty unless `sums`) of every job.
@@ -456,6 +485,7 @@ fn gather(
     limits: MomentLimits,
     progress: bool,
     sums: bool,
+    parts: Option<Vec<Vec<NodeId>>>,
 ) -> Result<Vec<Option<WithSums>>, PassError> {
     // Distinct jobs within the limit; `of[i]` is job i's distinct index.
     let mut distinct: Vec<&MomentJob> = Vec::new();
@@ -481,12 +511,6 @@ fn gather(
     let mut inputs: Vec<String> = distinct.iter().map(|j| j.input.clone()).collect();
     inputs.sort();
     inputs.dedup();
-    let (probed, sources) = probe(model, &inputs);
-    let slot: std::collections::BTreeMap<&str, Source> =
-        inputs.iter().map(String::as_str).zip(sources).collect();
-    let fail = |e: crate::exec::ExecError| PassError::Model(format!("input second moments: {e}"));
-    let runner = Runner::from_model("second-moment model", &probed, dir).map_err(fail)?;
-    drop(probed);
     // Per distinct job: (H per group, positions, samples, Σ x per group).
     type Acc = (Vec<Vec<f64>>, u64, usize, Vec<Vec<f64>>);
     let totals: Vec<Mutex<Acc>> = distinct
@@ -502,40 +526,77 @@ fn gather(
             ))
         })
         .collect();
-    let order: Vec<usize> = (0..distinct.len()).collect();
-    let bar = Progress::new(progress, samples.len(), "input second moments (samples)");
-    let mut done = 0;
-    for chunk in samples.chunks(CHUNK) {
-        let outputs = run_samples(&runner, chunk, threads).map_err(fail)?;
-        parallel_map(&order, threads, |_, &ji| {
-            let job = distinct[ji];
-            let mut acc = totals[ji].lock().unwrap_or_else(|e| e.into_inner());
-            let mut values: Vec<f32> = Vec::new();
-            for (sample, outs) in chunk.iter().zip(&outputs) {
-                let a: &Array = slot[job.input.as_str()].pick(sample, outs);
-                if a.dtype != DataType::Float {
-                    return;
-                }
-                floats_into(a, &mut values);
-                let acc = &mut *acc;
-                let (h, s) = (&mut acc.0, &mut acc.3);
-                let n = job.layout.accumulate_with_sums(
-                    &values,
-                    &a.shape,
-                    h,
-                    sums.then_some(s.as_mut_slice()),
-                    limits.positions_per_sample,
-                );
-                if n > 0 {
-                    acc.1 += n;
-                    acc.2 += 1;
-                }
+    // Folds job `ji`'s input in a run of samples, in sample order.
+    let fold = |ji: usize, arrays: &[&Array]| {
+        let job = distinct[ji];
+        let mut acc = totals[ji].lock().unwrap_or_else(|e| e.into_inner());
+        let mut values: Vec<f32> = Vec::new();
+        for a in arrays {
+            if a.dtype != DataType::Float {
+                return;
             }
-        });
-        done += chunk.len();
-        bar.tick(done);
+            floats_into(a, &mut values);
+            let acc = &mut *acc;
+            let (h, s) = (&mut acc.0, &mut acc.3);
+            let n = job.layout.accumulate_with_sums(
+                &values,
+                &a.shape,
+                h,
+                sums.then_some(s.as_mut_slice()),
+                limits.positions_per_sample,
+            );
+            if n > 0 {
+                acc.1 += n;
+                acc.2 += 1;
+            }
+        }
+    };
+    let label = "input second moments";
+    if let Some(parts) = parts {
+        // A big model a part at a time: each input as soon as it is made.
+        super::observe::run_in_parts(
+            model,
+            &parts,
+            &inputs,
+            samples,
+            dir,
+            threads,
+            progress,
+            label,
+            |t, arrays| {
+                let readers: Vec<usize> = (0..distinct.len())
+                    .filter(|&ji| distinct[ji].input == inputs[t])
+                    .collect();
+                parallel_map(&readers, threads, |_, &ji| fold(ji, arrays));
+                Ok(())
+            },
+        )?;
+    } else {
+        let (probed, sources) = probe(model, &inputs);
+        let slot: std::collections::BTreeMap<&str, Source> =
+            inputs.iter().map(String::as_str).zip(sources).collect();
+        let fail = |e: crate::exec::ExecError| PassError::Model(format!("{label}: {e}"));
+        let runner = Runner::from_model("second-moment model", &probed, dir).map_err(fail)?;
+        drop(probed);
+        let order: Vec<usize> = (0..distinct.len()).collect();
+        let bar = Progress::new(progress, samples.len(), "input second moments (samples)");
+        let mut done = 0;
+        for chunk in samples.chunks(CHUNK) {
+            let outputs = run_samples(&runner, chunk, threads).map_err(fail)?;
+            parallel_map(&order, threads, |_, &ji| {
+                let source = slot[distinct[ji].input.as_str()];
+                let arrays: Vec<&Array> = chunk
+                    .iter()
+                    .zip(&outputs)
+                    .map(|(sample, outs)| source.pick(sample, outs))
+                    .collect();
+                fold(ji, &arrays);
+            });
+            done += chunk.len();
+            bar.tick(done);
+        }
+        bar.finish();
     }
-    bar.finish();
     let gathered: Vec<Option<WithSums>> = distinct
         .iter()
         .zip(totals)
@@ -588,6 +649,66 @@ mod tests {
             vec!["y".into()],
         ));
         Model::new(g, 17)
+    }
+
+    #[test]
+    fn a_big_model_run_in_parts_gathers_the_same_moments() {
+        // x ─ MatMul(w0) ─ h ─ Relu ─ r ─ MatMul(w) ─ y: two weighted nodes,
+        // so a 1-byte part budget cuts between them.
+        let mut m = dense_model();
+        let w0: Vec<f32> = (0..9).map(|i| (i as f32 * 0.9).cos()).collect();
+        m.graph
+            .add_initializer(Tensor::from_f32("w0", vec![3, 3], &w0));
+        let relu = m.graph.nodes().find(|(_, n)| n.name() == "relu").unwrap().0;
+        m.graph.set_input(relu, 0, "h");
+        m.graph.insert_node_before(
+            relu,
+            Node::new(
+                "MatMul",
+                "mm0",
+                vec!["x".into(), "w0".into()],
+                vec!["h".into()],
+            ),
+        );
+        let ids: Vec<NodeId> = ["mm0", "mm"]
+            .iter()
+            .map(|name| m.graph.nodes().find(|(_, n)| n.name() == *name).unwrap().0)
+            .collect();
+        let jobs: Vec<MomentJob> = ids
+            .iter()
+            .map(|&id| MomentJob::for_node(&m.graph, id).unwrap())
+            .collect();
+        assert_eq!([jobs[0].input.as_str(), jobs[1].input.as_str()], ["x", "r"]);
+        let samples: Vec<Sample> = (0..7)
+            .map(|s| {
+                let v: Vec<f32> = (0..6).map(|i| ((s * 6 + i) as f32 * 0.61).sin()).collect();
+                vec![Array::from_f32(vec![2, 3], &v)]
+            })
+            .collect();
+        let cut = super::super::observe::parts(&m, 0, 1).unwrap();
+        assert_eq!(cut.len(), 2);
+        let limits = MomentLimits::default();
+        for sums in [false, true] {
+            let whole = gather(&m, &jobs, &samples, None, 2, limits, false, sums, None).unwrap();
+            for threads in [1, 2] {
+                let split = gather(
+                    &m,
+                    &jobs,
+                    &samples,
+                    None,
+                    threads,
+                    limits,
+                    false,
+                    sums,
+                    Some(cut.clone()),
+                )
+                .unwrap();
+                assert_eq!(split, whole);
+            }
+            assert!(whole
+                .iter()
+                .all(|j| j.as_ref().is_some_and(|(m, _)| m.samples == 7)));
+        }
     }
 
     #[test]

@@ -232,12 +232,9 @@ pub fn parts(model: &Model, above: u64, budget: u64) -> Option<Vec<Vec<crate::ir
     (parts.len() > 1).then_some(parts)
 }
 
-/// [`observe`] for a model too big to hand to tract whole: each part of
-/// [`parts`] becomes a model of its own (its initializers, the values it
-/// reads from earlier parts as inputs, what later parts or the observation
-/// need as outputs), loaded, run on every sample and dropped before the
-/// next, so tract holds one part's weights at a time. The values passed
-/// between parts are held for every sample until their last reader has run.
+/// [`observe`] for a model too big to hand to tract whole, through
+/// [`run_in_parts`]: each tensor's values fold into its statistics in
+/// sample order.
 #[allow(clippy::too_many_arguments)]
 fn observe_in_parts(
     model: &Model,
@@ -250,22 +247,6 @@ fn observe_in_parts(
     bins: usize,
     progress: bool,
 ) -> Result<Observed, PassError> {
-    let g = &model.graph;
-    let part_of: HashMap<crate::ir::NodeId, usize> = parts
-        .iter()
-        .enumerate()
-        .flat_map(|(k, p)| p.iter().map(move |&id| (id, k)))
-        .collect();
-    // The last part that reads each value (a tensor to observe counts as
-    // read by the part that makes it).
-    let mut last_read: HashMap<&str, usize> = HashMap::new();
-    for (k, p) in parts.iter().enumerate() {
-        for &id in p {
-            for v in g.node(id).inputs.iter().filter(|v| !v.is_empty()) {
-                last_read.insert(v, k);
-            }
-        }
-    }
     let mut stats: Vec<Result<TensorStats, DataType>> = tensors
         .iter()
         .map(|t| {
@@ -275,21 +256,86 @@ fn observe_in_parts(
         })
         .collect();
     let mut shapes: Vec<Option<Vec<usize>>> = vec![None; tensors.len()];
+    let mut values: Vec<f32> = Vec::new();
+    let label = "calibration";
+    run_in_parts(
+        model,
+        parts,
+        tensors,
+        samples,
+        dir,
+        threads,
+        progress,
+        label,
+        |t, arrays| {
+            shapes[t] = arrays.first().map(|a| a.shape.clone());
+            for (i, a) in arrays.iter().enumerate() {
+                add(&mut stats[t], i, a, &mut values);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(Observed { stats, shapes })
+}
+
+/// Runs `model` a part of [`parts`] at a time over `samples` and hands each
+/// tensor of `tensors` (by index) to `visit` with its value in every sample,
+/// in sample order: graph inputs and constants first, then each tensor as
+/// soon as the part that makes it has run. Each part becomes a model of its
+/// own (its initializers, the values it reads from earlier parts as inputs,
+/// what later parts or `tensors` need as outputs), loaded into tract, run on
+/// every sample on `threads` threads and dropped before the next, so tract
+/// holds one part's weights at a time. The values passed between parts are
+/// held for every sample until their last reader has run. `label` starts
+/// error messages. Shared by [`observe`] and `second_moments`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_in_parts(
+    model: &Model,
+    parts: &[Vec<crate::ir::NodeId>],
+    tensors: &[String],
+    samples: &[Sample],
+    dir: Option<&std::path::Path>,
+    threads: usize,
+    progress: bool,
+    label: &str,
+    mut visit: impl FnMut(usize, &[&Array]) -> Result<(), PassError>,
+) -> Result<(), PassError> {
+    let g = &model.graph;
+    let fail = |e: String| PassError::Model(format!("{label}: {e}"));
+    let part_of: HashMap<crate::ir::NodeId, usize> = parts
+        .iter()
+        .enumerate()
+        .flat_map(|(k, p)| p.iter().map(move |&id| (id, k)))
+        .collect();
+    // The last part that reads each value.
+    let mut last_read: HashMap<&str, usize> = HashMap::new();
+    for (k, p) in parts.iter().enumerate() {
+        for &id in p {
+            for v in g.node(id).inputs.iter().filter(|v| !v.is_empty()) {
+                last_read.insert(v, k);
+            }
+        }
+    }
     let wanted: HashMap<&str, usize> = tensors
         .iter()
         .enumerate()
         .map(|(i, t)| (t.as_str(), i))
         .collect();
-    let mut values_buf: Vec<f32> = Vec::new();
-    let mut seen = |name: &str, i: usize, a: &Array, stats: &mut Vec<_>, shapes: &mut Vec<_>| {
-        if let Some(&t) = wanted.get(name) {
-            if i == 0 {
-                shapes[t] = Some(a.shape.clone());
-            }
-            add(&mut stats[t], i, a, &mut values_buf);
+    let inputs = crate::data::InputSpec::of_graph(g).map_err(fail)?;
+    // Graph inputs and constants come before any part runs (a run of the
+    // whole model gives a constant asked for as an output every sample).
+    for (k, spec) in inputs.iter().enumerate() {
+        if let Some(&t) = wanted.get(spec.name.as_str()) {
+            let arrays: Vec<&Array> = samples.iter().map(|s| &s[k]).collect();
+            visit(t, &arrays)?;
         }
-    };
-    let inputs = crate::data::InputSpec::of_graph(g).map_err(PassError::Model)?;
+    }
+    for (t, name) in tensors.iter().enumerate() {
+        if let Some(c) = g.initializer(name) {
+            let a = Array::from_tensor(c).map_err(fail)?;
+            visit(t, &vec![&a; samples.len()])?;
+        }
+    }
     let mut live: Vec<HashMap<String, Array>> = samples
         .iter()
         .map(|s| {
@@ -300,54 +346,39 @@ fn observe_in_parts(
                 .collect()
         })
         .collect();
-    // Graph inputs and constants are seen before any part runs (a run of the
-    // whole model gives a constant asked for as an output every sample).
-    let constants: Vec<Array> = tensors
-        .iter()
-        .filter_map(|t| g.initializer(t))
-        .map(Array::from_tensor)
-        .collect::<Result<_, _>>()
-        .map_err(|e| PassError::Model(format!("calibration: {e}")))?;
-    for (i, s) in samples.iter().enumerate() {
-        for (spec, a) in inputs.iter().zip(s) {
-            seen(&spec.name, i, a, &mut stats, &mut shapes);
-        }
-        for (t, a) in tensors
-            .iter()
-            .filter(|t| g.initializer(t).is_some())
-            .zip(&constants)
-        {
-            seen(t, i, a, &mut stats, &mut shapes);
-        }
-    }
-    let bar = Progress::new(progress, parts.len(), "calibrating (model parts)");
+    let bar = Progress::new(progress, parts.len(), "running the model (parts)");
     for (k, part) in parts.iter().enumerate() {
-        let label = format!("calibration model (part {} of {})", k + 1, parts.len());
-        let (sub, reads, makes) = part_model(model, part, &part_of, k, &last_read, &wanted, &live)?;
+        let (sub, reads, makes) =
+            part_model(model, part, &part_of, k, &last_read, &wanted, &live).map_err(fail)?;
         if makes.is_empty() {
             bar.tick(k + 1);
             continue; // nothing after it reads what it makes
         }
-        let runner = Runner::from_model(&label, &sub, dir)
-            .map_err(|e| PassError::Model(format!("calibration: {e}")))?;
+        let name = format!("{label} model (part {} of {})", k + 1, parts.len());
+        let runner = Runner::from_model(&name, &sub, dir).map_err(|e| fail(e.to_string()))?;
         drop(sub);
         let feeds: Vec<Vec<Array>> = live
             .iter()
             .map(|vals| reads.iter().map(|v| vals[v].clone()).collect())
             .collect();
         for f in &feeds {
-            runner
-                .prepare(f)
-                .map_err(|e| PassError::Model(format!("calibration: {e}")))?;
+            runner.prepare(f).map_err(|e| fail(e.to_string()))?;
         }
         let outs = crate::exec::parallel_map(&feeds, threads, |i, f| runner.run(i, f));
         drop((runner, feeds));
-        for (i, out) in outs.into_iter().enumerate() {
-            let out = out.map_err(|e| PassError::Model(format!("calibration: {e}")))?;
-            let vals = &mut live[i];
+        let outs: Vec<Vec<Array>> = outs
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| fail(e.to_string()))?;
+        for (j, name) in makes.iter().enumerate() {
+            if let Some(&t) = wanted.get(name.as_str()) {
+                let arrays: Vec<&Array> = outs.iter().map(|o| &o[j]).collect();
+                visit(t, &arrays)?;
+            }
+        }
+        for (vals, out) in live.iter_mut().zip(outs) {
             vals.retain(|name, _| last_read.get(name.as_str()).is_some_and(|&r| r > k));
             for (name, a) in makes.iter().zip(out) {
-                seen(name, i, &a, &mut stats, &mut shapes);
                 if last_read.get(name.as_str()).is_some_and(|&r| r > k) {
                     vals.insert(name.clone(), a);
                 }
@@ -356,7 +387,7 @@ fn observe_in_parts(
         bar.tick(k + 1);
     }
     bar.finish();
-    Ok(Observed { stats, shapes })
+    Ok(())
 }
 
 /// One part as a model: the part's nodes and initializers; as inputs the
@@ -372,7 +403,7 @@ fn part_model(
     last_read: &HashMap<&str, usize>,
     wanted: &HashMap<&str, usize>,
     live: &[HashMap<String, Array>],
-) -> Result<(Model, Vec<String>, Vec<String>), PassError> {
+) -> Result<(Model, Vec<String>, Vec<String>), String> {
     let g = &model.graph;
     let mut sub = Model::new(crate::ir::Graph::new(format!("part_{k}")), 0);
     sub.ir_version = model.ir_version;
@@ -394,10 +425,10 @@ fn part_model(
             {
                 let first = live.first().and_then(|vals| vals.get(v.as_str()));
                 let Some(a) = first else {
-                    return Err(PassError::Model(format!(
-                        "calibration: value {v:?} read by node {:?} is not available to its part of the model",
+                    return Err(format!(
+                        "value {v:?} read by node {:?} is not available to its part of the model",
                         n.name.as_deref().unwrap_or("")
-                    )));
+                    ));
                 };
                 let dims = a
                     .shape
