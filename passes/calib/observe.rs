@@ -98,16 +98,7 @@ fn observe_whole(
     }
     drop(probe);
 
-    let fresh = || -> Vec<Result<TensorStats, DataType>> {
-        tensors
-            .iter()
-            .map(|t| {
-                let mut st = TensorStats::new(bins);
-                st.channels = channel_axes.get(t).map(|&a| ChannelSums::new(a));
-                Ok(st)
-            })
-            .collect()
-    };
+    let fresh = || empty_stats(tensors, channel_axes, bins);
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let failure: Mutex<Option<(usize, String)>> = Mutex::new(None);
@@ -171,6 +162,23 @@ fn observe_whole(
         stats,
         shapes: first_shapes.into_inner().unwrap_or_else(|e| e.into_inner()),
     })
+}
+
+/// Statistics of nothing yet for each tensor (with per-channel sums along
+/// the axis `channel_axes` gives it).
+fn empty_stats(
+    tensors: &[String],
+    channel_axes: &std::collections::BTreeMap<String, i64>,
+    bins: usize,
+) -> Vec<Result<TensorStats, DataType>> {
+    tensors
+        .iter()
+        .map(|t| {
+            let mut st = TensorStats::new(bins);
+            st.channels = channel_axes.get(t).map(|&a| ChannelSums::new(a));
+            Ok(st)
+        })
+        .collect()
 }
 
 fn add(stat: &mut Result<TensorStats, DataType>, sample: usize, a: &Array, values: &mut Vec<f32>) {
@@ -247,14 +255,7 @@ fn observe_in_parts(
     bins: usize,
     progress: bool,
 ) -> Result<Observed, PassError> {
-    let mut stats: Vec<Result<TensorStats, DataType>> = tensors
-        .iter()
-        .map(|t| {
-            let mut st = TensorStats::new(bins);
-            st.channels = channel_axes.get(t).map(|&a| ChannelSums::new(a));
-            Ok(st)
-        })
-        .collect();
+    let mut stats = empty_stats(tensors, channel_axes, bins);
     let mut shapes: Vec<Option<Vec<usize>>> = vec![None; tensors.len()];
     let mut values: Vec<f32> = Vec::new();
     let label = "calibration";
@@ -515,7 +516,26 @@ mod tests {
             let split =
                 observe_in_parts(&m, &cut, &names, &axes, &samples, None, threads, 64, false)
                     .unwrap();
-            assert_eq!(split.stats, whole.stats);
+            // Per-channel sums are kept per sample in merge order (which
+            // thread saw which sample); their means and absmax are the
+            // results, in sample order.
+            let plain = |o: &Observed| -> Vec<_> {
+                o.stats
+                    .iter()
+                    .map(|s| {
+                        let s = s.as_ref().unwrap();
+                        let ch = s
+                            .channels
+                            .as_ref()
+                            .map(|c| (c.means(), c.absmax().to_vec()));
+                        let mut s = s.clone();
+                        s.channels = None;
+                        (s, ch)
+                    })
+                    .collect()
+            };
+            assert_eq!(plain(&split), plain(&whole));
+            assert!(plain(&whole)[1].1.is_some()); // h's channels
             assert_eq!(split.shapes, whole.shapes);
         }
         assert!(whole
