@@ -1488,12 +1488,11 @@ impl Quantize {
         }
         report.count("q_nodes_added", ed.q_nodes as i64);
         report.count("dq_nodes_added", ed.dq_nodes as i64);
-        // Float weights and biases nothing reads any more.
+        // Float biases nothing reads any more (the weights went in their loop).
         let replaced: BTreeSet<&str> = plan
-            .weights
+            .biases
             .iter()
-            .map(|w| w.name.as_str())
-            .chain(plan.biases.iter().map(|b| b.name.as_str()))
+            .map(|b| b.name.as_str())
             .chain(dynamic_biases.iter().map(String::as_str))
             .collect();
         for name in replaced {

@@ -429,7 +429,7 @@ pub fn second_moments(
         limits,
         progress,
         false,
-        big(model),
+        super::observe::big_model_parts(model),
     )?
     .into_iter()
     .map(|m| m.map(|(m, _)| m))
@@ -460,17 +460,7 @@ pub fn first_and_second_moments(
         limits,
         progress,
         true,
-        big(model),
-    )
-}
-
-/// The parts a model too big to hand to tract whole is run in (see
-/// [`super::observe::parts`]); `None` for the others.
-fn big(model: &Model) -> Option<Vec<Vec<NodeId>>> {
-    super::observe::parts(
-        model,
-        super::observe::PARTS_ABOVE,
-        super::observe::PART_BYTES,
+        super::observe::big_model_parts(model),
     )
 }
 

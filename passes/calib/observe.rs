@@ -51,8 +51,8 @@ pub fn observe(
     bins: usize,
     progress: bool,
 ) -> Result<Observed, PassError> {
-    match parts(model, PARTS_ABOVE, PART_BYTES) {
-        Some(parts) => observe_in_parts(
+    if let Some(parts) = big_model_parts(model) {
+        return observe_in_parts(
             model,
             &parts,
             tensors,
@@ -62,32 +62,8 @@ pub fn observe(
             threads,
             bins,
             progress,
-        ),
-        None => observe_whole(
-            model,
-            tensors,
-            channel_axes,
-            samples,
-            dir,
-            threads,
-            bins,
-            progress,
-        ),
+        );
     }
-}
-
-/// [`observe`] with the whole model in tract at once.
-#[allow(clippy::too_many_arguments)]
-fn observe_whole(
-    model: &Model,
-    tensors: &[String],
-    channel_axes: &std::collections::BTreeMap<String, i64>,
-    samples: &[Sample],
-    dir: Option<&std::path::Path>,
-    threads: usize,
-    bins: usize,
-    progress: bool,
-) -> Result<Observed, PassError> {
     let (probe, slots) = probe(model, tensors);
     let runner = Runner::from_model("calibration model", &probe, dir)
         .map_err(|e| PassError::Model(format!("calibration: {e}")))?;
@@ -199,6 +175,12 @@ fn add(stat: &mut Result<TensorStats, DataType>, sample: usize, a: &Array, value
 pub const PARTS_ABOVE: u64 = 1 << 30;
 /// The initializer bytes of one part, at most (a single node may pass it).
 pub const PART_BYTES: u64 = 256 << 20;
+
+/// The parts a model too big to hand to tract whole is run in ([`parts`]
+/// with [`PARTS_ABOVE`] and [`PART_BYTES`]); `None` for the others.
+pub(crate) fn big_model_parts(model: &Model) -> Option<Vec<Vec<crate::ir::NodeId>>> {
+    parts(model, PARTS_ABOVE, PART_BYTES)
+}
 
 /// The main graph cut into consecutive runs of its topological order, each
 /// reading at most `budget` bytes of initializers, or `None` when the model
@@ -508,10 +490,10 @@ mod tests {
         let names: Vec<String> = ["x", "h", "r", "out", "w2"].map(String::from).to_vec();
         let axes = std::collections::BTreeMap::from([("h".to_string(), 1)]);
         // Small models are run whole; a 1-byte budget gives every weighted node its own part.
-        assert!(parts(&m, PARTS_ABOVE, PART_BYTES).is_none());
+        assert!(big_model_parts(&m).is_none());
         let cut = parts(&m, 0, 1).unwrap();
         assert_eq!(cut.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2]);
-        let whole = observe_whole(&m, &names, &axes, &samples, None, 2, 64, false).unwrap();
+        let whole = observe(&m, &names, &axes, &samples, None, 2, 64, false).unwrap();
         for threads in [1, 2] {
             let split =
                 observe_in_parts(&m, &cut, &names, &axes, &samples, None, threads, 64, false)
