@@ -97,6 +97,11 @@
 //! run, one run per layer, at most four candidate runs (counted in
 //! `sensitivity_runs`, `candidate_runs`); each run is the same on any
 //! thread count. Without data the allocation uses the spectra alone.
+//! With `target.holdout: h` the last `h` of the calibration samples are
+//! kept out of the second moments while the allocation is chosen: the
+//! probes and the candidates run on them, so an allocation that cuts where
+//! the whitening merely fits the calibration data is not rewarded for it;
+//! the chosen ranks are then factored with the moments of all samples.
 //!
 //! `target: { min_sqnr_db }` searches the params fraction by bisection
 //! (the greedy weighted by the measured gains, when measured), each
@@ -257,6 +262,15 @@ pub struct Target {
     /// at least this (dB), checked in tract.
     #[serde(default)]
     pub min_sqnr_db: Option<f64>,
+    /// (`params`, `macs`, with measured sensitivities and whitening) The
+    /// last fraction of the calibration samples, in [0, 1), is kept out of
+    /// the second moments while the allocation is chosen: the sensitivity
+    /// probes and the candidate allocations run on those samples, so that
+    /// the choice is made on data the whitening did not fit. The chosen
+    /// ranks are then factored with the moments of all samples. 0: every
+    /// run is on the first calibration samples, which the moments include.
+    #[serde(default)]
+    pub holdout: Option<f64>,
 }
 
 /// Per-node settings.
@@ -331,6 +345,17 @@ impl Config for LowRank {
             }
             check_fraction("target.params", t.params, false)?;
             check_fraction("target.macs", t.macs, false)?;
+            if let Some(h) = t.holdout {
+                if !(0.0..1.0).contains(&h) {
+                    return Err(bad("target.holdout", format!("{h} is outside [0, 1)")));
+                }
+                if t.min_sqnr_db.is_some() {
+                    return Err(bad(
+                        "target.holdout",
+                        "applies to target.params and target.macs (min_sqnr_db checks every sample)",
+                    ));
+                }
+            }
             if t.min_sqnr_db.is_some_and(|d| !d.is_finite()) {
                 return Err(bad("target.min_sqnr_db", "must be a finite number"));
             }
@@ -504,15 +529,12 @@ impl Pass for LowRank {
         );
         let data_aware = self.data_aware.unwrap_or(ctx.data.is_some());
         let shapes = crate::inspect::value_shapes(&model.graph);
-        // Memory: without data or an SQNR target nothing after the spectra
-        // reads a layer's weight, so each is (re)loaded for its spectrum and
-        // dropped after it: one layer's weight in memory at a time, not all.
-        let weights_later = data_aware
-            || self
-                .target
-                .as_ref()
-                .is_some_and(|t| t.min_sqnr_db.is_some());
-        let mut layers = self.candidates(&model.graph, &shapes, weights_later, &mut report);
+        let mut layers = self.candidates(
+            &model.graph,
+            &shapes,
+            self.weights_later(data_aware),
+            &mut report,
+        );
         let mut samples = None;
         if data_aware
             || self.measures_sensitivity(ctx)
@@ -523,36 +545,50 @@ impl Pass for LowRank {
         {
             samples = Some(whiten::load_samples(model, ctx, self.samples, &mut report)?);
         }
-        let grams = match (&samples, data_aware) {
-            (Some(s), true) => whiten::grams(model, &layers, s, ctx)?,
-            _ => BTreeMap::new(),
+        // With a holdout, the allocation is chosen on spectra whitened by
+        // the first samples' moments and measured on the rest; the moments of
+        // all samples (the two parts merged) then factor the chosen ranks.
+        let fit = match (&samples, data_aware) {
+            (Some(s), true) if self.measures_sensitivity(ctx) => self.fit_samples(s.len()),
+            _ => None,
         };
-        let mut spectra = Vec::with_capacity(layers.len());
-        for layer in &mut layers {
-            if !weights_later {
-                layer.w = self
-                    .layer(&model.graph, layer.node, &shapes)
-                    .map_err(|message| PassError::Node {
-                        node: layer.label.clone(),
-                        message,
-                    })?
-                    .w;
+        let (grams, ranks, gains) = match (&samples, fit) {
+            (Some(s), Some(n)) => {
+                let first = whiten::grams(model, &layers, &s[..n], ctx)?;
+                let spectra =
+                    self.spectra(model, &shapes, &mut layers, &first, true, &mut report)?;
+                report.count("moments_samples_for_the_choice", n as i64);
+                report.count("samples_held_out", (s.len() - n) as i64);
+                report.summary.push(format!(
+                    "target.holdout: the allocation is chosen on the last {} calibration samples, whitened by the moments of the first {n}; the chosen ranks are factored with the moments of all {}",
+                    s.len() - n,
+                    s.len()
+                ));
+                let (ranks, gains) =
+                    self.choose_ranks(model, ctx, &layers, &spectra, Some(&s[n..]), &mut report)?;
+                drop(spectra);
+                let rest = whiten::grams(model, &layers, &s[n..], ctx)?;
+                (whiten::merge(first, rest), Some(ranks), gains)
             }
-            let gram = grams.get(&layer.node);
-            spectra.push(self.spectrum(layer, gram, data_aware, &mut report)?);
-            if !weights_later {
-                layer.w = Vec::new();
-            }
-        }
-        let (ranks, gains) = self.choose_ranks(
-            model,
-            ctx,
-            &layers,
-            &spectra,
-            samples.as_deref(),
-            &mut report,
-        )?;
+            (Some(s), None) if data_aware => (whiten::grams(model, &layers, s, ctx)?, None, None),
+            _ => (BTreeMap::new(), None, None),
+        };
+        let spectra = self.spectra(model, &shapes, &mut layers, &grams, data_aware, &mut report)?;
+        let (ranks, gains) = match ranks {
+            Some(r) => (r, gains),
+            None => self.choose_ranks(
+                model,
+                ctx,
+                &layers,
+                &spectra,
+                samples.as_deref(),
+                &mut report,
+            )?,
+        };
         apply_all(model, &layers, &spectra, &ranks, &grams, &mut report)?;
+        // A holdout computes the spectra twice: say each warning once.
+        let mut seen = std::collections::HashSet::new();
+        report.warnings.retain(|w| seen.insert(w.clone()));
         if let Some((which, gains)) = gains {
             sensitivity::annotate(&mut report, &layers, &which, &gains);
         }
@@ -561,6 +597,59 @@ impl Pass for LowRank {
 }
 
 impl LowRank {
+    /// The spectrum of every layer (whitened by `grams` when data-aware),
+    /// each weight (re)loaded for it and dropped after it unless a later
+    /// step needs the weights.
+    fn spectra(
+        &self,
+        model: &Model,
+        shapes: &std::collections::HashMap<String, Vec<i64>>,
+        layers: &mut [Layer],
+        grams: &BTreeMap<NodeId, whiten::LayerGram>,
+        data_aware: bool,
+        report: &mut PassReport,
+    ) -> Result<Vec<Spectrum>, PassError> {
+        let weights_later = self.weights_later(data_aware);
+        let mut spectra = Vec::with_capacity(layers.len());
+        for layer in layers.iter_mut() {
+            if !weights_later {
+                layer.w = self
+                    .layer(&model.graph, layer.node, shapes)
+                    .map_err(|message| PassError::Node {
+                        node: layer.label.clone(),
+                        message,
+                    })?
+                    .w;
+            }
+            let gram = grams.get(&layer.node);
+            spectra.push(self.spectrum(layer, gram, data_aware, report)?);
+            if !weights_later {
+                layer.w = Vec::new();
+            }
+        }
+        Ok(spectra)
+    }
+
+    /// Memory: without data or an SQNR target nothing after the spectra
+    /// reads a layer's weight, so each is (re)loaded for its spectrum and
+    /// dropped after it: one layer's weight in memory at a time, not all.
+    fn weights_later(&self, data_aware: bool) -> bool {
+        data_aware
+            || self
+                .target
+                .as_ref()
+                .is_some_and(|t| t.min_sqnr_db.is_some())
+    }
+
+    /// With `target.holdout`, how many of `n` samples the moments of the
+    /// allocation's choice are gathered on (the rest are measured on):
+    /// `None` without a holdout, or when either part would be empty.
+    fn fit_samples(&self, n: usize) -> Option<usize> {
+        let h = self.target.as_ref()?.holdout.filter(|&h| h > 0.0)?;
+        let held = ((n as f64) * h).round() as usize;
+        (held > 0 && held < n).then_some(n - held)
+    }
+
     /// Whether the global target's allocation is weighted by measured
     /// sensitivities (a target and, by default, calibration data).
     fn measures_sensitivity(&self, ctx: &PassContext) -> bool {

@@ -185,32 +185,6 @@ fn bad_options_fail_naming_the_yaml_path() {
     }
 }
 
-/// The lowest output SQNR `whittle validate` prints for `b` against `a`.
-fn validate_sqnr(a: &Path, b: &Path, data: &Path) -> f64 {
-    let tmp = tempfile::tempdir().unwrap();
-    let json = tmp.path().join("v.json");
-    let out = common::whittle(&[
-        "validate",
-        a.to_str().unwrap(),
-        b.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let (stdout, stderr) = common::text(&out);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let mut worst = f64::INFINITY;
-    let outputs = v["outputs"].as_array().expect("outputs in validate's JSON");
-    for o in outputs {
-        // validate writes an exact match's infinite SQNR as null.
-        let db = o["sqnr_db"].as_f64().unwrap_or(f64::INFINITY);
-        worst = worst.min(db);
-    }
-    worst
-}
-
 /// Saves `g` as `dir/NAME.onnx` and `x`'s samples (`shape`, sample axis
 /// first) as `dir/NAME.npz`; returns both paths.
 fn save_with_inputs(
@@ -302,7 +276,7 @@ fn reconstruction_is_exact_when_a_removed_channel_is_a_linear_combination_of_kep
         common::run_pipeline(&p, &model, &data, &out, &["--threads", "1"]);
         let w1 = whittle::onnx::load(&out).unwrap();
         assert_eq!(w1.graph.initializer("w1").unwrap().dims, [5, 3, 3, 3]);
-        sqnr.push(validate_sqnr(&model, &out, &data));
+        sqnr.push(common::validate_sqnr(&model, &out, &data));
     }
     assert!(sqnr[1] >= 60.0, "reconstructed: {sqnr:?}");
     assert!(sqnr[0] < 40.0, "without reconstruction: {sqnr:?}");
@@ -337,7 +311,7 @@ fn reconstruction_raises_the_sqnr_of_a_trained_cnn_at_the_same_channels_removed(
             .collect();
         dims.sort();
         kept.push(dims);
-        sqnr.push(validate_sqnr(&model, &out, &test));
+        sqnr.push(common::validate_sqnr(&model, &out, &test));
     }
     assert_eq!(kept[0], kept[1], "the same channels are removed");
     assert!(sqnr[1] > sqnr[0] + 6.0, "{sqnr:?}");
@@ -400,7 +374,7 @@ fn an_sqnr_target_is_met_and_its_final_line_equals_validate() {
         .and_then(|r| r.split(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{line}"));
-    let measured = validate_sqnr(&input, &out, &data);
+    let measured = common::validate_sqnr(&input, &out, &data);
     assert!(measured >= 25.0, "{measured}");
     assert!((printed - measured).abs() < 0.01, "{printed} vs {measured}");
     // Something was pruned.

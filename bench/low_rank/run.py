@@ -224,6 +224,13 @@ def main():
     ap.add_argument("--whittle", default=str(ROOT / "target/debug/whittle"))
     ap.add_argument("--fraction", type=float, default=0.5)
     ap.add_argument("--models", nargs="*", default=MODELS)
+    ap.add_argument(
+        "--holdout",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also run the global target with these target.holdout fractions",
+    )
     args = ap.parse_args()
     f = args.fraction
     rows = []
@@ -244,7 +251,9 @@ def main():
             tract = subprocess.run([args.whittle, "validate", str(base), str(out), "--data", str(test)], capture_output=True)
             rows.append((m, how, what, params[0], params[1], sqnr(ref, got), top1(got, labels), "yes" if tract.returncode == 0 else "no"))
 
-        for how in [f"ratio: {f}", f"target: {{ params: {f} }}"]:
+        hows = [f"ratio: {f}", f"target: {{ params: {f} }}"]
+        hows += [f"target: {{ params: {f}, holdout: {h} }}" for h in args.holdout]
+        for how in hows:
             ranks = {}
             for aware in ["true", "false"]:
                 out = work / f"{m}.whittle-{aware}.onnx"

@@ -19,6 +19,8 @@ tool pruned, the output SQNR of the logits against the original model's (dB, ove
 test samples), and top-1 accuracy against the test labels (`<model>.labels.npz`). At 50%
 whittle's Wanda runs twice: with its default comparison group (the layer) and with
 `comparison: output` (each output row, the paper's LLM setting; onnxsim's Wanda is per row).
+Every whittle method also runs with `bias_correction: false` (rows marked so): whittle's default
+with `--data` adds the zeroed weights' mean output shift ΔW·E[x] to each layer's bias.
 """
 
 import argparse
@@ -45,6 +47,8 @@ SETTINGS = {
 METHODS = ["magnitude", "wanda", "sparsegpt"]
 # whittle only, unstructured only: Wanda compared within each output row (the default is per layer).
 WANDA_OUTPUT = "wanda (comparison: output)"
+# whittle only: every method again without bias correction (on by default with --data).
+NO_BC = ", bias_correction: false"
 
 
 def run_ort(path, inputs):
@@ -78,7 +82,9 @@ def sparsity(path):
 
 def whittle(binary, model, calib, setting, method, out):
     cfg = out.with_suffix(".yaml")
-    options = "method: wanda\n      comparison: output" if method == WANDA_OUTPUT else f"method: {method}"
+    options = "method: wanda\n      comparison: output" if method.startswith(WANDA_OUTPUT) else f"method: {method.split(' ')[0].rstrip(',')}"
+    if method.endswith(NO_BC):
+        options += "\n      bias_correction: false"
     cfg.write_text(f"version: 1\npasses:\n  - prune:\n      {setting}\n      {options}\n")
     t = time.perf_counter()
     subprocess.run(
@@ -150,8 +156,12 @@ def main():
         for setting, (yaml, kwargs) in SETTINGS.items():
             for tool in args.tools:
                 extra = [WANDA_OUTPUT] if tool == "whittle" and setting == "50%" else []
-                for method in METHODS[:2] + extra + METHODS[2:]:
-                    tag = method.split(" ")[0] + ("-output" if method == WANDA_OUTPUT else "")
+                methods = METHODS[:2] + extra + METHODS[2:]
+                if tool == "whittle":
+                    methods = methods + [m + NO_BC for m in methods]
+                for method in methods:
+                    tag = method.split(" ")[0].rstrip(",") + ("-output" if method.startswith(WANDA_OUTPUT) else "")
+                    tag += "-nobc" if method.endswith(NO_BC) else ""
                     p = out / f"{name}.{setting.replace(':', '-').replace('%', 'pct')}.{tool}.{tag}.onnx"
                     try:
                         if tool == "whittle":

@@ -99,6 +99,11 @@ def main():
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--score-on", choices=["test", "calib"], default="test")
     ap.add_argument("--pattern", default=None, help="N:M instead of unstructured")
+    ap.add_argument(
+        "--bias-correct",
+        action="store_true",
+        help="add ΔW·E[x] to each pruned layer's bias, and score Wanda by the centred norm ‖X_j − E[X_j]‖",
+    )
     args = ap.parse_args()
     pattern = tuple(int(v) for v in args.pattern.split(":")) if args.pattern else None
     methods = [("magnitude", "N:M group"), ("wanda", "N:M group")] if pattern else METHODS
@@ -113,11 +118,23 @@ def main():
     s = session(path, outputs=[n.input[0] for n in layers])
     names = [o.name for o in s.get_outputs()]
     norms = {n.name: 0.0 for n in layers}
+    sums = {n.name: 0.0 for n in layers}
+    count = {n.name: 0 for n in layers}
     for feed in calib:
         outs = dict(zip(names, s.run(None, feed)))
         for n in layers:
             x = rows_of(n, outs[n.input[0]])
             norms[n.name] = norms[n.name] + (x * x).sum(0)
+            sums[n.name] = sums[n.name] + x.sum(0)
+            count[n.name] += x.shape[0]
+    means = {k: sums[k] / count[k] for k in sums}
+    if args.bias_correct:
+        # Centred: what dropping W_ij costs once the bias absorbs W_ij·E[x_j].
+        norms = {k: np.maximum(norms[k] - count[k] * means[k] ** 2, 0.0) for k in norms}
+    consumers_of = {}
+    for n in g.node:
+        for i in n.input:
+            consumers_of.setdefault(i, []).append(n)
     scored = calib if args.score_on == "calib" else test
     ref = [session(path).run(None, f) for f in scored]
     if pattern:
@@ -137,10 +154,33 @@ def main():
                 keep = nm_mask(score, nm_groups(n, w, pattern[1]), *pattern)
             else:
                 keep = mask(score, args.sparsity, group)
-            rows = np.where(keep, rows, 0.0)
+            new = np.where(keep, rows, 0.0)
+            if args.bias_correct:
+                add_bias(m, mi, n, (rows - new) @ means[n.name])
+            rows = new
             mi[n.input[1]].CopyFrom(numpy_helper.from_array(back(n, rows, w.shape).astype(np.float32), n.input[1]))
         sess = session_of(m)
         return sqnr(ref, [sess.run(None, f) for f in scored])
+
+    def add_bias(m, mi, n, delta):
+        """Add delta (one per output) to the layer's bias; a Conv without one gets one."""
+        if n.op_type == "MatMul":
+            adds = [c for c in consumers_of.get(n.output[0], []) if c.op_type == "Add"]
+            names_ = [i for i in adds[0].input if i in mi] if adds else []
+            if not names_:
+                raise SystemExit(f"{n.name}: no bias Add after the MatMul")
+            name = names_[0]
+        elif len(n.input) > 2 and n.input[2]:
+            name = n.input[2]
+        else:
+            name = n.name + ".bias"
+            node = next(x for x in m.graph.node if x.name == n.name)
+            node.input.append(name)
+            t = numpy_helper.from_array(np.zeros(delta.shape, np.float32), name)
+            m.graph.initializer.append(t)
+            mi[name] = m.graph.initializer[-1]
+        b = numpy_helper.to_array(mi[name]).astype(np.float64)
+        mi[name].CopyFrom(numpy_helper.from_array((b + delta.reshape(b.shape)).astype(np.float32), name))
 
     def session_of(m):
         import onnxruntime as ort  # noqa: PLC0415

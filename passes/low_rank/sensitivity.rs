@@ -328,6 +328,15 @@ fn choose(p: &Probe, candidates: &mut [Candidate]) -> Result<(usize, usize), Pas
     Ok((best, distinct.len()))
 }
 
+/// `x` rounded to `digits` significant digits.
+fn significant(x: f64, digits: i32) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let scale = 10f64.powi(digits - 1 - x.abs().log10().floor() as i32);
+    (x * scale).round() / scale
+}
+
 /// Tract runs the measurement made (the reference and one per measured layer).
 pub fn runs(gains: &[Gain]) -> usize {
     1 + gains.iter().filter(|g| g.output_sqnr_db.is_some()).count()
@@ -346,11 +355,14 @@ pub fn annotate(report: &mut PassReport, layers: &[Layer], which: &[usize], gain
     );
     for (&i, g) in which.iter().zip(gains) {
         let label = &layers[i].label;
+        // Measured in tract: rounded to what the f32 kernels of any CPU
+        // agree on (their last bits differ with the SIMD width), so the
+        // report reads the same on every machine.
         let value = json!({
             "probe_rank": g.probe_rank,
             "predicted_error": Num(g.predicted),
-            "output_sqnr_db": g.output_sqnr_db.map(Num),
-            "gain": Num(g.gain),
+            "output_sqnr_db": g.output_sqnr_db.map(|db| Num((db * 1e3).round() / 1e3)),
+            "gain": Num(significant(g.gain, 4)),
         });
         if let Some(d) = report
             .details

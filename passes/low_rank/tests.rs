@@ -125,6 +125,7 @@ fn whitening_is_undone_by_the_first_factor() {
     // H = diag(4, 1, 0): rank-deficient, so it needs damping.
     let g = whiten::LayerGram {
         h: vec![4.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0],
+        positions: 1,
     };
     let w = whiten::whitening(&g, 3, 0.0).unwrap();
     assert!(w.damping > 0.0);

@@ -14,6 +14,34 @@ use crate::passes::{PassContext, PassError, PassReport};
 /// patches), `K × K` row-major.
 pub struct LayerGram {
     pub h: Vec<f64>,
+    /// Rows (positions) `h` is the mean over.
+    pub positions: u64,
+}
+
+/// The moments over the samples of both `a` and `b` (gathered on disjoint
+/// samples): per layer the position-weighted mean of the two, or the one
+/// side that saw the layer.
+pub fn merge(
+    mut a: BTreeMap<NodeId, LayerGram>,
+    b: BTreeMap<NodeId, LayerGram>,
+) -> BTreeMap<NodeId, LayerGram> {
+    for (id, gb) in b {
+        match a.get_mut(&id) {
+            Some(ga) if ga.h.len() == gb.h.len() => {
+                let (pa, pb) = (ga.positions as f64, gb.positions as f64);
+                let n = (pa + pb).max(1.0);
+                for (x, y) in ga.h.iter_mut().zip(&gb.h) {
+                    *x = (*x * pa + y * pb) / n;
+                }
+                ga.positions += gb.positions;
+            }
+            Some(_) => {}
+            None => {
+                a.insert(id, gb);
+            }
+        }
+    }
+    a
 }
 
 /// Longest input row (`K`) whose moments are gathered: `K²` f64 each,
@@ -80,7 +108,13 @@ pub fn grams(
         if m.layout.row_len() != l.k || m.h.len() != 1 {
             continue;
         }
-        out.insert(l.node, LayerGram { h: m.mean(0) });
+        out.insert(
+            l.node,
+            LayerGram {
+                h: m.mean(0),
+                positions: m.positions,
+            },
+        );
     }
     Ok(out)
 }

@@ -543,6 +543,45 @@ pub fn add_biases(g: &mut Graph, plan: &Plan, pending: Vec<Pending>) -> Result<(
     Ok(())
 }
 
+/// Adds `delta` (one value per output row of node `id`'s weight) to what
+/// the node adds after its product — a Conv's or Gemm's bias (scaled by
+/// Gemm's `beta`; one is added when there is none), or the constant of a
+/// MatMul's bias Add — as [`refit`] does for its intercept. Returns what
+/// took it (`"bias"`, `"bias added"`), or `None` when nothing can (a bias
+/// shared with another node, `beta: 0`, a MatMul without its own bias Add).
+pub fn shift_bias(g: &mut Graph, id: NodeId, delta: &[f64]) -> Option<&'static str> {
+    match bias_of(g, id, delta.len()) {
+        Bias::Initializer(name, beta) => {
+            let b = g.initializer(&name)?.clone();
+            let mut v = b.to_f32().ok()?;
+            for (x, d) in v.iter_mut().zip(delta) {
+                *x = (f64::from(*x) + d / beta) as f32;
+            }
+            g.replace_initializer(Tensor::from_f32(&name, b.dims.clone(), &v));
+            Some("bias")
+        }
+        Bias::Missing => {
+            let n = g.node(id);
+            let beta = match n.op_type() {
+                "Gemm" => n.attr_float("beta").map_or(1.0, f64::from),
+                _ => 1.0,
+            };
+            if beta == 0.0 {
+                return None;
+            }
+            let v: Vec<f32> = delta.iter().map(|d| (d / beta) as f32).collect();
+            let name = g.unique_name(&format!("{}.bias", n.name()));
+            g.add_initializer(Tensor::from_f32(&name, vec![v.len() as i64], &v));
+            g.update_node(id, |n| {
+                n.inputs.truncate(2);
+                n.inputs.push(name.clone());
+            });
+            Some("bias added")
+        }
+        Bias::Absent => None,
+    }
+}
+
 fn round3(x: f64) -> f64 {
     if x.is_finite() {
         (x * 1e3).round() / 1e3

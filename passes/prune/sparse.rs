@@ -22,6 +22,19 @@
 //!   saliency `w² / U_jj²`, with the block's share of zeros fixed in advance
 //!   so that the layer gets exactly its count.
 //!
+//! **Bias correction** (`bias_correction`, default on with `--data`):
+//! zeroing weights also moves each output's mean by `ΔW·E[x]`, and after a
+//! ReLU the inputs share a large positive mean, so much of a layer's error
+//! is that shift. It is added to the layer's bias (a Conv or Gemm without
+//! one gets one; a MatMul's own bias Add takes it), with `E[x]` the mean of
+//! each reduction input (im2col column for a Conv, padding zeros included)
+//! over the calibration positions, and the methods then measure the error
+//! that remains: Wanda's `‖X_j‖` and SparseGPT's `H` are centred,
+//! `H − s sᵀ / n` (`s = Σ x`), as is the reported layer SQNR. The input
+//! means come with the second moments, so layers whose rows are longer
+//! than 1536 inputs (or whose input is never seen) are not corrected; the
+//! report says so per layer.
+//!
 //! **How much.** Unstructured, `scope: local`: each layer gets exactly
 //! `round(sparsity · params)` zeros (magnitude and wanda over the layer; wanda
 //! with `comparison: output` split as evenly as possible over the rows;
@@ -456,6 +469,10 @@ struct Layer {
     /// `None`: decided by the global ranking.
     sparsity: Option<f64>,
     gram: Option<Moments>,
+    /// Bias correction: the node, and per group `Σ x` over the positions of
+    /// `gram` (the input means); `None`: no correction for this layer.
+    id: NodeId,
+    sums: Option<Vec<Vec<f64>>>,
 }
 
 /// What pruning one layer gave.
@@ -470,10 +487,68 @@ impl Layer {
         self.params
     }
 
-    /// Per-group `(rows, H)`, `H` damped (data methods only).
+    /// Per-group `H`, damped (data methods only); centred with bias
+    /// correction.
     fn hessians(&self) -> Option<Vec<Vec<f64>>> {
-        let (g, v) = (self.gram.as_ref()?, self.view?);
-        g.h.iter().map(|h| damped(h, v.d)).collect()
+        let v = self.view?;
+        self.errors()?.iter().map(|h| damped(h, v.d)).collect()
+    }
+
+    /// Per group, the moments the error of a weight change `ΔW` is measured
+    /// with, `tr(ΔW H ΔWᵀ)`: `H = Σ x xᵀ`, or with bias correction (the bias
+    /// takes `ΔW·E[x]`) the centred `Σ (x − x̄)(x − x̄)ᵀ = H − s sᵀ / n`.
+    fn errors(&self) -> Option<Vec<Vec<f64>>> {
+        let gram = self.gram.as_ref()?;
+        let Some(sums) = &self.sums else {
+            return Some(gram.h.clone());
+        };
+        let n = gram.positions.max(1) as f64;
+        Some(
+            gram.h
+                .iter()
+                .zip(sums)
+                .map(|(h, s)| {
+                    let d = s.len();
+                    let mut c = h.clone();
+                    for a in 0..d {
+                        for b in 0..d {
+                            c[a * d + b] -= s[a] * s[b] / n;
+                        }
+                    }
+                    c
+                })
+                .collect(),
+        )
+    }
+
+    /// With bias correction, what each output row's bias must add after the
+    /// weight went from `old` to `new` (little-endian f32 bytes):
+    /// `(W − W')·E[x]` (`None` without).
+    fn bias_shift(&self, old: &[u8], new: &[u8]) -> Option<Vec<f64>> {
+        let at = |b: &[u8], i: usize| {
+            f64::from(f32::from_le_bytes([
+                b[4 * i],
+                b[4 * i + 1],
+                b[4 * i + 2],
+                b[4 * i + 3],
+            ]))
+        };
+        let (view, sums, gram) = (self.view?, self.sums.as_ref()?, self.gram.as_ref()?);
+        let n = gram.positions.max(1) as f64;
+        let per = view.rows / view.groups;
+        Some(
+            (0..view.rows)
+                .map(|r| {
+                    let s = &sums[r / per];
+                    (0..view.d)
+                        .map(|j| {
+                            let i = view.at(r, j);
+                            (at(old, i) - at(new, i)) * s[j] / n
+                        })
+                        .sum()
+                })
+                .collect(),
+        )
     }
 
     /// The scores of the global ranking, per element in weight order: each
@@ -490,14 +565,15 @@ impl Layer {
             .hessians()
             .ok_or("the input's second moments are all zero")?;
         let gram = self.gram.as_ref().ok_or("no second moments")?;
+        let errors = self.errors().ok_or("no second moments")?;
         let w = view.matrix(values);
         let (d, per) = (view.d, view.rows / view.groups);
         let mut energy = 0.0;
         let mut diag: Vec<Vec<f64>> = Vec::new();
-        for (g, (h, damped)) in gram.h.iter().zip(&hs).enumerate() {
+        for (g, ((h, e), damped)) in gram.h.iter().zip(&errors).zip(&hs).enumerate() {
             energy += quad(&w, d, h, g * per..(g + 1) * per);
             diag.push(if method == Method::Wanda {
-                (0..d).map(|j| h[j * d + j]).collect()
+                (0..d).map(|j| e[j * d + j].max(0.0)).collect()
             } else {
                 // 1 / (H⁻¹)_jj from U (Uᵀ U = H⁻¹): column j of U.
                 let u = linalg::inverse_upper_cholesky(damped, d)
@@ -588,12 +664,14 @@ impl Layer {
                 }
             }
             _ => {
-                // Wanda's ‖X_j‖ per group; magnitude: 1.
-                let norms: Option<Vec<Vec<f64>>> = self
-                    .gram
-                    .as_ref()
-                    .filter(|_| method == Method::Wanda)
-                    .map(|gr| (0..gr.h.len()).map(|g| gr.column_norms(g)).collect());
+                // Wanda's ‖X_j‖ per group (centred with bias correction);
+                // magnitude: 1.
+                let norms: Option<Vec<Vec<f64>>> =
+                    self.errors().filter(|_| method == Method::Wanda).map(|es| {
+                        es.iter()
+                            .map(|e| (0..d).map(|j| e[j * d + j].max(0.0).sqrt()).collect())
+                            .collect()
+                    });
                 let scores: Vec<f64> = (0..rows * d)
                     .map(|i| {
                         let (r, j) = (i / d, i % d);
@@ -613,14 +691,15 @@ impl Layer {
         let sqnr_db = self
             .gram
             .as_ref()
+            .zip(self.errors())
             .filter(|_| method != Method::Magnitude)
-            .map(|gr| {
+            .map(|(gr, es)| {
                 let mut energy = 0.0;
                 let mut err = 0.0;
                 let delta: Vec<f64> = out.iter().zip(&w).map(|(a, b)| a - b).collect();
-                for (g, h) in gr.h.iter().enumerate() {
+                for (g, (h, e)) in gr.h.iter().zip(&es).enumerate() {
                     energy += quad(&w, d, h, g * per..(g + 1) * per);
-                    err += quad(&delta, d, h, g * per..(g + 1) * per);
+                    err += quad(&delta, d, e, g * per..(g + 1) * per);
                 }
                 if err <= 0.0 {
                     f64::INFINITY
@@ -731,6 +810,8 @@ struct Pruned {
     zeros_before: usize,
     deflate_before: usize,
     sqnr_db: Option<f64>,
+    /// What each output row's bias adds (bias correction).
+    shift: Option<Vec<f64>>,
 }
 
 /// Reads `layer`'s weight from the graph into the buffer that becomes its new
@@ -764,11 +845,23 @@ fn prune_layer(
             out.sqnr_db
         }
     };
+    // Bias correction: the old weight is read again from its map, not
+    // copied beside the new one.
+    let shift = if layer.sums.is_some() {
+        let old = t.packed_bytes().map_err(|e| e.to_string())?;
+        let shift = layer.bias_shift(&old, &bytes);
+        drop(old);
+        t.release_pages();
+        shift
+    } else {
+        None
+    };
     Ok(Pruned {
         bytes,
         zeros_before,
         deflate_before,
         sqnr_db,
+        shift,
     })
 }
 
@@ -933,10 +1026,19 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
         }
     }
 
+    if cfg.bias_correction == Some(true) && ctx.data.is_none() {
+        return Err(PassError::Model(
+            "bias_correction: true needs calibration data (the input means): pass --data DATA.npz"
+                .into(),
+        ));
+    }
+    let correct = cfg.bias_correction.unwrap_or(ctx.data.is_some());
+
     // Which layers, and why not the others.
     let mut layers: Vec<Layer> = Vec::new();
     let mut skipped: Vec<(String, String)> = Vec::new();
-    let mut jobs: Vec<MomentJob> = Vec::new();
+    // One per layer: where its input moments come from (`None`: none).
+    let mut jobs: Vec<Option<MomentJob>> = Vec::new();
     for (id, n) in g.nodes() {
         let op = n.op_type();
         if !n.domain().is_empty() || !super::OPS.contains(&op) {
@@ -992,11 +1094,11 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
                 continue;
             }
         }
+        let job = MomentJob::for_node(g, id).filter(|j| {
+            let l = &j.layout;
+            l.row_len() == view.map_or(0, |v| v.d) && l.row_len() <= MAX_ROW
+        });
         if cfg.method != Method::Magnitude {
-            let job = MomentJob::for_node(g, id).filter(|j| {
-                let l = &j.layout;
-                l.row_len() == view.map_or(0, |v| v.d) && l.row_len() <= MAX_ROW
-            });
             let Some(job) = job else {
                 skipped.push((
                     n.label(),
@@ -1008,7 +1110,9 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
                 ));
                 continue;
             };
-            jobs.push(job);
+            jobs.push(Some(job));
+        } else {
+            jobs.push(job.filter(|_| correct));
         }
         let sparsity = cfg
             .overrides
@@ -1023,33 +1127,53 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
             view,
             sparsity,
             gram: None,
+            id,
+            sums: None,
         });
     }
     report.count("layers_skipped", skipped.len() as i64);
 
     // Second moments of the layer inputs (wanda, sparsegpt).
     let threads = ctx.threads.unwrap_or_else(crate::exec::default_threads);
-    if cfg.method != Method::Magnitude && !layers.is_empty() {
-        if ctx.data.is_none() {
-            return Err(PassError::Model(format!(
-                "method: {} needs calibration data: pass --data DATA.npz (method: magnitude needs none)",
-                method_name(cfg.method)
-            )));
-        }
+    if cfg.method != Method::Magnitude && ctx.data.is_none() && !layers.is_empty() {
+        return Err(PassError::Model(format!(
+            "method: {} needs calibration data: pass --data DATA.npz (method: magnitude needs none)",
+            method_name(cfg.method)
+        )));
+    }
+    if jobs.iter().any(Option::is_some) {
         let samples = calib::load_samples(model, ctx, None, &mut report)?;
         report.count("calibration_samples", samples.len() as i64);
-        let moments = calib::second_moments(
-            model,
-            &jobs,
-            &samples,
-            ctx.model_dir.as_deref(),
-            threads,
-            MomentLimits::default(),
-            ctx.progress,
-        )?;
-        for (l, m) in layers.iter_mut().zip(moments) {
-            l.gram = m;
+        let asked: Vec<MomentJob> = jobs.iter().flatten().cloned().collect();
+        let (dir, limits) = (ctx.model_dir.as_deref(), MomentLimits::default());
+        let found: Vec<Option<calib::moments::WithSums>> = if correct {
+            calib::first_and_second_moments(
+                model,
+                &asked,
+                &samples,
+                dir,
+                threads,
+                limits,
+                ctx.progress,
+            )?
+        } else {
+            calib::second_moments(model, &asked, &samples, dir, threads, limits, ctx.progress)?
+                .into_iter()
+                .map(|m| m.map(|m| (m, Vec::new())))
+                .collect()
+        };
+        let mut found = found.into_iter();
+        for (l, job) in layers.iter_mut().zip(&jobs) {
+            if job.is_none() {
+                continue;
+            }
+            if let Some((m, sums)) = found.next().flatten() {
+                l.sums = (correct && l.view.is_some()).then_some(sums);
+                l.gram = Some(m);
+            }
         }
+    }
+    if cfg.method != Method::Magnitude && !layers.is_empty() {
         let (with, without): (Vec<Layer>, Vec<Layer>) =
             layers.into_iter().partition(|l| l.gram.is_some());
         for l in without {
@@ -1133,6 +1257,20 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
             if let Some(db) = done.sqnr_db {
                 detail["layer_sqnr_db"] = json!((db * 100.0).round() / 100.0);
             }
+            if correct {
+                let took = done
+                    .shift
+                    .as_ref()
+                    .and_then(|s| super::reconstruct::shift_bias(&mut model.graph, layer.id, s));
+                if took.is_some() {
+                    report.count("biases_corrected", 1);
+                }
+                detail["bias_correction"] = json!(took.unwrap_or(if layer.sums.is_some() {
+                    "none: no bias of its own to take the shift"
+                } else {
+                    "none: the input means were not gathered for this layer"
+                }));
+            }
             report.details.push(detail);
             rows_text.push(format!(
                 "  {:<40} {:>9} {:>8.2}% {:>10} → {:<10} {}",
@@ -1177,6 +1315,17 @@ pub fn run(cfg: &Prune, model: &mut Model, ctx: &PassContext) -> Result<PassRepo
             if cfg.method == Method::Magnitude { "" } else { "layer SQNR" },
         );
         table.push_str(&rows_text.join("\n"));
+        if correct {
+            let n = report
+                .counters
+                .get("biases_corrected")
+                .copied()
+                .unwrap_or(0);
+            table.push_str(&format!(
+                "\n  bias correction: {n} of {} layers' biases take ΔW·E[x]",
+                layers.len()
+            ));
+        }
         report.summary.push(table);
     }
 
@@ -1240,7 +1389,81 @@ mod tests {
                 samples: 1,
             }),
             params,
+            id: crate::ir::Graph::new("t").add_node(crate::ir::Node::with_io(
+                "MatMul",
+                "n",
+                &[],
+                &[],
+            )),
+            sums: None,
         }
+    }
+
+    #[test]
+    fn bias_correction_takes_the_mean_shift_and_leaves_the_centred_error() {
+        // Inputs after a ReLU: a large shared positive mean.
+        let (d, rows, n) = (6, 3, 40);
+        let xs: Vec<Vec<f64>> = (0..n)
+            .map(|i| {
+                (0..d)
+                    .map(|j| 2.0 + (j as f64) * 0.3 + ((i * 7 + j * 3) as f64 * 0.61).sin())
+                    .collect()
+            })
+            .collect();
+        let mut h = vec![0f64; d * d];
+        let mut sums = vec![0f64; d];
+        for x in &xs {
+            for a in 0..d {
+                sums[a] += x[a];
+                for b in 0..d {
+                    h[a * d + b] += x[a] * x[b];
+                }
+            }
+        }
+        let view = dense(d, rows);
+        let mut l = layer(d * rows, view, Some(h));
+        l.gram.as_mut().unwrap().positions = n as u64;
+        l.sums = Some(vec![sums]);
+        let w: Vec<f32> = (0..d * rows)
+            .map(|i| ((i * 5 % 7) as f32 - 3.0) * 0.25)
+            .collect();
+        let out = l
+            .prune(&w, Method::Magnitude, Rule::Count(8), false)
+            .unwrap();
+        let (old, new) = (le(&w), le(&out.values));
+        let shift = l.bias_shift(&old, &new).unwrap();
+        // Per output row r (stored [d, rows]): y_r = Σ_j w[j·rows + r] x_j.
+        let mut err = 0.0;
+        for r in 0..rows {
+            let dy: Vec<f64> = xs
+                .iter()
+                .map(|x| {
+                    (0..d)
+                        .map(|j| f64::from(w[j * rows + r] - out.values[j * rows + r]) * x[j])
+                        .sum()
+                })
+                .collect();
+            let mean = dy.iter().sum::<f64>() / n as f64;
+            assert!(
+                (shift[r] - mean).abs() < 1e-9,
+                "row {r}: {} vs {mean}",
+                shift[r]
+            );
+            err += dy.iter().map(|v| (v - mean).powi(2)).sum::<f64>();
+        }
+        // The centred moments measure what is left after the bias took the mean.
+        let delta: Vec<f64> = view
+            .matrix(&out.values)
+            .iter()
+            .zip(view.matrix(&w))
+            .map(|(a, b)| a - b)
+            .collect();
+        let centred = quad(&delta, d, &l.errors().unwrap()[0], 0..rows);
+        assert!(
+            (centred - err).abs() < 1e-9 * err.max(1.0),
+            "{centred} vs {err}"
+        );
+        assert!(shift.iter().any(|v| v.abs() > 0.1), "{shift:?}");
     }
 
     fn count_zeros(values: &[f32]) -> usize {

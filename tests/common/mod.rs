@@ -213,3 +213,29 @@ pub fn run_fixture(config: &Path, name: &str, out: &Path, extra: &[&str]) -> Str
     let data = fixture(&format!("{name}.data.npz"));
     run_pipeline(config, &input, &data, out, extra)
 }
+
+/// The lowest output SQNR `whittle validate` prints for `b` against `a`.
+pub fn validate_sqnr(a: &Path, b: &Path, data: &Path) -> f64 {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("v.json");
+    let out = whittle(&[
+        "validate",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let mut worst = f64::INFINITY;
+    let outputs = v["outputs"].as_array().expect("outputs in validate's JSON");
+    for o in outputs {
+        // validate writes an exact match's infinite SQNR as null.
+        let db = o["sqnr_db"].as_f64().unwrap_or(f64::INFINITY);
+        worst = worst.min(db);
+    }
+    worst
+}
