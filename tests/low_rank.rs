@@ -362,6 +362,44 @@ fn global_params_target_is_reached_and_an_unreachable_one_says_how_close() {
     assert!(counter(&r, "params_after") as f64 <= 0.3 * before as f64 + 1.0);
 }
 
+/// By default the global target's allocation is chosen on the last quarter
+/// of the calibration samples, whitened by the moments of the others; the
+/// budget still holds, and `holdout: 0` scores on the first samples.
+#[test]
+fn the_default_holdout_scores_the_allocation_on_samples_the_moments_did_not_see() {
+    let r = run(
+        "dense",
+        "  - low-rank: { target: { params: 0.3 } }",
+        true,
+        None,
+    );
+    let samples = 64; // fixtures/low_rank/dense.data.npz, all of them (`samples` defaults to 64)
+    let held = counter(&r, "samples_held_out");
+    assert_eq!(held, (samples as f64 * 0.25).round() as i64, "{samples}");
+    assert_eq!(
+        counter(&r, "moments_samples_for_the_choice"),
+        samples - held
+    );
+    let summary = r.runs[0].report.summary.join("\n");
+    assert!(summary.contains("target.holdout"), "{summary}");
+    let (before, after) = (counter(&r, "params_before"), counter(&r, "params_after"));
+    assert!(after as f64 <= 0.3 * before as f64, "{after} of {before}");
+    let none = run(
+        "dense",
+        "  - low-rank: { target: { params: 0.3, holdout: 0 } }",
+        true,
+        None,
+    );
+    assert!(
+        !none.runs[0]
+            .report
+            .counters
+            .contains_key("samples_held_out"),
+        "{:?}",
+        none.runs[0].report.counters
+    );
+}
+
 #[test]
 fn min_sqnr_target_is_checked_in_tract() {
     let r = run(
@@ -385,6 +423,14 @@ fn bad_options_name_their_field() {
         ("{ ratio: 1.0 }", "ratio"),
         ("{ target: { params: 0.5, macs: 0.5 } }", "target"),
         ("{ ops: [Relu] }", "ops[0]"),
+        (
+            "{ target: { params: 0.5, holdout: 1.0 } }",
+            "target.holdout",
+        ),
+        (
+            "{ target: { min_sqnr_db: 30, holdout: 0.2 } }",
+            "target.holdout",
+        ),
         ("{ rnak: 4 }", "did you mean `rank`"),
         (
             "{ include_nodes: [{ regex: '(' }] }",
