@@ -205,8 +205,9 @@ pub struct Prune {
     /// the zeroed weights, `ΔW·E[x]` from calibration, to each layer's bias
     /// (a Conv or Gemm without one gets one), and score Wanda and SparseGPT
     /// on the centred input moments, the error that remains. Default: on
-    /// when `--data` is given (measured better for every method and model
-    /// in BENCHMARKS.md), off without.
+    /// when `--data` is given (better for magnitude and Wanda on every
+    /// model and setting of the bench, for SparseGPT on 6 of 8;
+    /// BENCHMARKS.md), off without.
     pub bias_correction: Option<bool>,
     /// (unstructured) `local`: every layer gets `sparsity`; `global`: one
     /// ranking over all selected layers, scores normalized per layer by the

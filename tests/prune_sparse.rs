@@ -424,39 +424,16 @@ fn bias_correction_takes_the_mean_shift_into_the_biases() {
         "      granularity: unstructured\n      bias_correction: true",
     );
     let out = tmp.path().join("bad.onnx");
-    let o = common::whittle(&[
-        "run",
-        config.to_str().unwrap(),
-        "--input",
-        model.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    let (_, stderr) = common::text(&o);
-    assert!(
-        !o.status.success() && stderr.contains("bias_correction: true needs calibration data"),
-        "{stderr}"
+    fails_without_output(
+        &config,
+        &model,
+        &out,
+        "bias_correction: true needs calibration data",
     );
-    assert!(!out.exists());
     let channel = pipeline(
         tmp.path(),
         "ch.yaml",
         "      ratio: 0.2\n      bias_correction: true",
     );
-    let o = common::whittle(&[
-        "run",
-        channel.to_str().unwrap(),
-        "--input",
-        model.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--data",
-        calib.to_str().unwrap(),
-    ]);
-    let (_, stderr) = common::text(&o);
-    assert!(
-        !o.status.success() && stderr.contains("bias_correction"),
-        "{stderr}"
-    );
-    assert!(!out.exists());
+    fails_without_output(&channel, &model, &out, "bias_correction");
 }
