@@ -235,3 +235,30 @@ fn measured_sensitivities_give_the_output_facing_layer_the_larger_rank() {
     assert!(near > far, "{details:#?}");
     assert_eq!(rank_of(2).2, details);
 }
+
+#[test]
+fn moments_of_two_parts_merge_into_the_moments_of_all_rows() {
+    // Part a: rows (1, 0) and (1, 2); part b: row (3, 1). E[x xᵀ] of each
+    // part, weighted by its rows, gives that of all three rows.
+    let mean = |rows: &[[f64; 2]]| {
+        let mut h = vec![0f64; 4];
+        for r in rows {
+            for i in 0..2 {
+                for j in 0..2 {
+                    h[i * 2 + j] += r[i] * r[j] / rows.len() as f64;
+                }
+            }
+        }
+        h
+    };
+    let (ra, rb) = ([[1.0, 0.0], [1.0, 2.0]], [[3.0, 1.0]]);
+    let id = crate::ir::Graph::new("t").add_node(crate::ir::Node::with_io("MatMul", "m", &[], &[]));
+    let part = |h: Vec<f64>, positions| BTreeMap::from([(id, whiten::LayerGram { h, positions })]);
+    let merged = whiten::merge(part(mean(&ra), 2), part(mean(&rb), 1));
+    let all = mean(&[ra[0], ra[1], rb[0]]);
+    let got = &merged[&id];
+    assert_eq!(got.positions, 3);
+    for (g, w) in got.h.iter().zip(&all) {
+        assert!((g - w).abs() < 1e-12, "{:?} vs {all:?}", got.h);
+    }
+}
