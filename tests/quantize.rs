@@ -1031,23 +1031,7 @@ fn the_target_reports_what_validate_measures_when_later_samples_are_harder() {
         } else {
             data.clone()
         };
-        let json = tmp.path().join(format!("{stem}.validate.json"));
-        common::whittle(&[
-            "validate",
-            original.to_str().unwrap(),
-            out.to_str().unwrap(),
-            "--data",
-            used.to_str().unwrap(),
-            "--json",
-            json.to_str().unwrap(),
-        ]);
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-        let measured = v["outputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|o| o["sqnr_db"].as_f64())
-            .fold(f64::INFINITY, f64::min);
+        let measured = common::validate_sqnr(&original, &out, &used);
         assert!(
             (reported - measured).abs() <= 0.1,
             "{stem}: reported {reported} dB, validate {measured} dB\n{line}"

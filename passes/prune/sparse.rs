@@ -497,10 +497,10 @@ impl Layer {
     /// Per group, the moments the error of a weight change `ΔW` is measured
     /// with, `tr(ΔW H ΔWᵀ)`: `H = Σ x xᵀ`, or with bias correction (the bias
     /// takes `ΔW·E[x]`) the centred `Σ (x − x̄)(x − x̄)ᵀ = H − s sᵀ / n`.
-    fn errors(&self) -> Option<Vec<Vec<f64>>> {
+    fn errors(&self) -> Option<std::borrow::Cow<'_, [Vec<f64>]>> {
         let gram = self.gram.as_ref()?;
         let Some(sums) = &self.sums else {
-            return Some(gram.h.clone());
+            return Some(std::borrow::Cow::Borrowed(&gram.h));
         };
         let n = gram.positions.max(1) as f64;
         Some(
@@ -517,7 +517,8 @@ impl Layer {
                     }
                     c
                 })
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
         )
     }
 
@@ -570,7 +571,7 @@ impl Layer {
         let (d, per) = (view.d, view.rows / view.groups);
         let mut energy = 0.0;
         let mut diag: Vec<Vec<f64>> = Vec::new();
-        for (g, ((h, e), damped)) in gram.h.iter().zip(&errors).zip(&hs).enumerate() {
+        for (g, ((h, e), damped)) in gram.h.iter().zip(errors.iter()).zip(&hs).enumerate() {
             energy += quad(&w, d, h, g * per..(g + 1) * per);
             diag.push(if method == Method::Wanda {
                 (0..d).map(|j| e[j * d + j].max(0.0)).collect()
@@ -697,7 +698,7 @@ impl Layer {
                 let mut energy = 0.0;
                 let mut err = 0.0;
                 let delta: Vec<f64> = out.iter().zip(&w).map(|(a, b)| a - b).collect();
-                for (g, (h, e)) in gr.h.iter().zip(&es).enumerate() {
+                for (g, (h, e)) in gr.h.iter().zip(es.iter()).enumerate() {
                     energy += quad(&w, d, h, g * per..(g + 1) * per);
                     err += quad(&delta, d, e, g * per..(g + 1) * per);
                 }
