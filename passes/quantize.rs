@@ -388,6 +388,13 @@ pub struct Weights {
     /// layer's output on the calibration inputs is least; one extra pass
     /// over the calibration samples gathers their second moments).
     pub rounding: WeightRounding,
+    /// 7-bit weight levels (int8 −64..64, uint8 0..127), as onnxruntime's
+    /// `reduce_range`. onnxruntime's U8S8 kernels on x86 CPUs without VNNI
+    /// (AVX2, AVX-512F without VNNI) add each pair of uint8 × int8 products
+    /// in 16 bits, which saturates with full-range weights and large
+    /// activations; 7-bit weights cannot reach it. Costs about 6 dB of
+    /// weight SQNR: use it when the deployment CPU lacks VNNI.
+    pub reduce_range: bool,
 }
 
 impl Default for Weights {
@@ -398,6 +405,7 @@ impl Default for Weights {
             symmetric: true,
             range: WeightRange::Minmax,
             rounding: WeightRounding::Nearest,
+            reduce_range: false,
         }
     }
 }
@@ -716,6 +724,24 @@ impl QType {
         }
     }
 
+    /// The grid of constant weights: [`QType::grid`], or with
+    /// `reduce_range` the 7-bit levels onnxruntime's `reduce_range` uses
+    /// (int8 −64..64, uint8 0..127).
+    pub fn weight_grid(self, symmetric: bool, reduce_range: bool) -> Grid {
+        if !reduce_range {
+            return self.grid(symmetric);
+        }
+        let (qmin, qmax) = match self {
+            QType::Uint8 => (0, 127),
+            _ => (-64, 64),
+        };
+        Grid {
+            qmin,
+            qmax,
+            symmetric,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             QType::Uint8 => "uint8",
@@ -739,6 +765,8 @@ pub struct Settings {
     act_symmetric: bool,
     weights: QType,
     w_symmetric: bool,
+    /// `weights.reduce_range`: 7-bit weight levels.
+    w_reduced: bool,
     w_mse: bool,
     w_gptq: bool,
     per_channel: bool,
@@ -784,6 +812,7 @@ impl Quantize {
             act_symmetric: self.activations.symmetric.unwrap_or(trt),
             weights: self.weights.dtype.into(),
             w_symmetric: self.weights.symmetric,
+            w_reduced: self.weights.reduce_range,
             w_mse: self.weights.range == WeightRange::Mse,
             w_gptq: self.weights.rounding == WeightRounding::Gptq,
             per_channel: self.weights.per_channel,
@@ -1341,7 +1370,7 @@ impl Quantize {
         let mut ed = qdq::Editor::new(&mut model.graph, s.dedicated);
         ed.apply_folds(plan);
         report.count("activations_folded", plan.folds.len() as i64);
-        let wgrid = s.weights.grid(s.w_symmetric);
+        let wgrid = s.weights.weight_grid(s.w_symmetric, s.w_reduced);
         let mut cache = BTreeMap::new();
         let mut weight_scales: Vec<Vec<f32>> = Vec::with_capacity(plan.weights.len());
         // Bias correction: the shift of each node's bias, by node.
@@ -1539,7 +1568,7 @@ impl Quantize {
             ctx.model_dir.as_deref(),
             threads,
         )?;
-        let wgrid = s.weights.grid(s.w_symmetric);
+        let wgrid = s.weights.weight_grid(s.w_symmetric, s.w_reduced);
         let jobs: Vec<(&(String, Option<usize>), &calib::Moments)> = grams.iter().collect();
         let rounded = crate::exec::parallel_map(&jobs, threads, |_, ((name, axis), gram)| {
             let t = model.graph.initializer(name)?;
