@@ -781,6 +781,13 @@ pub struct Settings {
     dynamic_choice: Option<BTreeSet<crate::ir::NodeId>>,
 }
 
+impl Settings {
+    /// The grid of constant weights (type, symmetry, `reduce_range`).
+    fn weight_grid(&self) -> Grid {
+        self.weights.weight_grid(self.w_symmetric, self.w_reduced)
+    }
+}
+
 impl Quantize {
     fn settings(&self) -> Settings {
         let trt = self.profile == Profile::Tensorrt;
@@ -1370,7 +1377,7 @@ impl Quantize {
         let mut ed = qdq::Editor::new(&mut model.graph, s.dedicated);
         ed.apply_folds(plan);
         report.count("activations_folded", plan.folds.len() as i64);
-        let wgrid = s.weights.weight_grid(s.w_symmetric, s.w_reduced);
+        let wgrid = s.weight_grid();
         let mut cache = BTreeMap::new();
         let mut weight_scales: Vec<Vec<f32>> = Vec::with_capacity(plan.weights.len());
         // Bias correction: the shift of each node's bias, by node.
@@ -1568,7 +1575,7 @@ impl Quantize {
             ctx.model_dir.as_deref(),
             threads,
         )?;
-        let wgrid = s.weights.weight_grid(s.w_symmetric, s.w_reduced);
+        let wgrid = s.weight_grid();
         let jobs: Vec<(&(String, Option<usize>), &calib::Moments)> = grams.iter().collect();
         let rounded = crate::exec::parallel_map(&jobs, threads, |_, ((name, axis), gram)| {
             let t = model.graph.initializer(name)?;
